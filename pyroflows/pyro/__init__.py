@@ -1,0 +1,59 @@
+"""pyroflows' PyTorch + Pyro backend.
+
+Example:
+    >>> import torch
+    >>> import pyroflows.pyro as pf
+    >>> flow = pf.MAF(features=2, transforms=3, hidden=(32, 32))
+    >>> flow().log_prob(torch.randn(5, 2)).shape
+    torch.Size([5])
+"""
+
+from pyroflows.pyro.autoregressive import MaskedAutoregressive
+from pyroflows.pyro.core import Bijection, Chain, ConditionedBijection, Invert
+from pyroflows.pyro.coupling import Coupling
+from pyroflows.pyro.distributions import Flow, FlowDistribution
+from pyroflows.pyro.flows import IAF, MAF, NICE, NSF, RealNVP
+from pyroflows.pyro.image import Logit, bits_per_dim, dequantize
+from pyroflows.pyro.linear import ActNorm, LULinear, Permute, Reverse, Scale
+from pyroflows.pyro.nn import MADE, MLP
+from pyroflows.pyro.params import get_params, set_params
+from pyroflows.pyro.train import fit
+from pyroflows.pyro.transformers import (
+    AdditiveTransformer,
+    AffineTransformer,
+    SplineTransformer,
+    Transformer,
+)
+
+__all__ = [
+    "ActNorm",
+    "AdditiveTransformer",
+    "AffineTransformer",
+    "Bijection",
+    "Chain",
+    "ConditionedBijection",
+    "Coupling",
+    "Flow",
+    "FlowDistribution",
+    "IAF",
+    "Invert",
+    "LULinear",
+    "Logit",
+    "MADE",
+    "MAF",
+    "MLP",
+    "MaskedAutoregressive",
+    "NICE",
+    "NSF",
+    "Permute",
+    "RealNVP",
+    "Reverse",
+    "Scale",
+    "SplineTransformer",
+    "Transformer",
+    "bits_per_dim",
+    "dequantize",
+    "fit",
+    "get_params",
+    "set_params",
+]

@@ -1,0 +1,197 @@
+"""``Flow`` (the module users hold) and ``FlowDistribution`` (what calling it gives).
+
+``Flow`` is an ``nn.Module`` holding a base distribution and a list of bijections
+(``flow.transforms``, parameter names ``transforms.3.conditioner.layers.0.weight``).
+``flow()`` or ``flow(context)`` returns a :class:`FlowDistribution`, a subclass of Pyro's
+``TransformedDistribution`` that scores data in one pass through the chain and scores its
+own samples from a one-slot cache, so an IAF guide never runs its sequential direction.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from pyro.distributions import Normal, TransformedDistribution
+from torch import Size, Tensor, nn
+from torch.distributions import Distribution
+
+from pyroflows.pyro.core import (
+    Bijection,
+    chain_forward,
+    chain_inverse,
+    chain_sizes,
+    check_context,
+    check_event,
+)
+
+__all__ = ["Flow", "FlowDistribution"]
+
+
+class _Base(nn.Module):
+    """Holds a distribution's tensors as buffers, so they follow ``.to()`` and ``.double()``."""
+
+    def __init__(self, distribution: Distribution) -> None:
+        super().__init__()
+        self._template = distribution
+        self._paths: list[tuple[tuple[str, ...], str]] = []
+        self._collect(distribution, ())
+
+    def _collect(self, obj: object, path: tuple[str, ...]) -> None:
+        for name, value in vars(obj).items():
+            if isinstance(value, Tensor):
+                buffer = "_".join((*path, name)).lstrip("_") or name
+                buffer = f"b{len(self._paths)}_{buffer}"
+                self.register_buffer(buffer, value.detach().clone())
+                self._paths.append(((*path, name), buffer))
+            elif isinstance(value, Distribution):
+                self._collect(value, (*path, name))
+
+    def forward(self) -> Distribution:
+        if not self._paths:
+            return self._template
+        root = copy.copy(self._template)
+        for path, buffer in self._paths:
+            node = root
+            for name in path[:-1]:
+                child = copy.copy(getattr(node, name))
+                setattr(node, name, child)
+                node = child
+            setattr(node, path[-1], getattr(self, buffer))
+        return root
+
+
+class Flow(nn.Module):
+    """A normalizing flow: a base distribution pushed through a chain of bijections.
+
+    Args:
+        transforms: Bijections in the forward (base -> data) order.
+        base: Base distribution with event shape ``(features,)``; default a standard
+            normal. Any Pyro distribution works (uniform, logistic, a mixture...); its
+            tensors are copied into buffers so the flow's ``.to(device)`` and ``.double()``
+            move it too.
+
+    Example:
+        >>> import torch
+        >>> import pyroflows.pyro as pf
+        >>> flow = pf.Flow([pf.MaskedAutoregressive(2, invert=True), pf.Reverse(2)])
+        >>> flow().log_prob(torch.randn(4, 2)).shape
+        torch.Size([4])
+    """
+
+    def __init__(self, transforms: Iterable[Bijection], base: Distribution | None = None) -> None:
+        super().__init__()
+        transforms = list(transforms)
+        self.features, self.context_features = chain_sizes(transforms, "transforms")
+        self.transforms = nn.ModuleList(transforms)
+        if base is None:
+            self.register_buffer("base_loc", torch.zeros(self.features))
+            self.register_buffer("base_scale", torch.ones(self.features))
+            self.base = None
+        else:
+            if not isinstance(base, Distribution):
+                raise TypeError(
+                    f"base must be a torch/Pyro Distribution, got {type(base).__name__}"
+                )
+            if tuple(base.event_shape) != (self.features,):
+                raise ValueError(
+                    f"base must have event_shape ({self.features},) to match the transforms' "
+                    f"features, got event_shape {tuple(base.event_shape)}"
+                )
+            self.base = _Base(base)
+
+    def base_distribution(self) -> Distribution:
+        """The base distribution, on the flow's device and dtype."""
+        if self.base is None:
+            return Normal(self.base_loc, self.base_scale).to_event(1)
+        return self.base()
+
+    def forward(self, context: Tensor | None = None) -> FlowDistribution:
+        """The flow's distribution, conditioned on ``context`` if the flow has one."""
+        context = check_context(context, self.context_features)
+        return FlowDistribution(self.base_distribution(), self.transforms, context)
+
+    def extra_repr(self) -> str:
+        text = f"features={self.features}"
+        if self.context_features:
+            text += f", context={self.context_features}"
+        return text
+
+
+class FlowDistribution(TransformedDistribution):
+    """The distribution of a flow, a Pyro ``TransformedDistribution``.
+
+    ``log_prob`` runs the chain's inverse once (``inverse_and_log_det``) and never the
+    inverse and the log-det separately. ``rsample`` keeps its last
+    ``(sample, base sample, log_det)`` in a one-slot cache: ``log_prob`` of that very
+    tensor costs no pass at all. The batch shape is that of the base distribution
+    broadcast with the context's batch shape.
+
+    Args:
+        base: Base distribution (event shape ``(features,)``).
+        transforms: The bijections, base -> data.
+        context: Context tensor ``(..., context)`` or ``None``.
+
+    Example:
+        >>> import torch
+        >>> import pyroflows.pyro as pf
+        >>> d = pf.MAF(features=2, transforms=2, hidden=(8,))()
+        >>> x = d.rsample((5,))
+        >>> d.log_prob(x).shape  # scored from the cache
+        torch.Size([5])
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(
+        self,
+        base: Distribution,
+        transforms: Iterable[Bijection],
+        context: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        self.bijections = list(transforms)
+        self.features, self.context_features = chain_sizes(self.bijections, "transforms")
+        self.context = check_context(context, self.context_features)
+        if context is not None:
+            batch = torch.broadcast_shapes(base.batch_shape, context.shape[:-1])
+            if batch != base.batch_shape:
+                base = base.expand(batch)
+        pyro_transforms = [
+            t.condition(context) if t.context_features else t for t in self.bijections
+        ]
+        super().__init__(base, pyro_transforms, validate_args=validate_args)
+        self._last: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def expand(self, batch_shape, _instance=None) -> FlowDistribution:
+        batch_shape = Size(batch_shape)
+        return FlowDistribution(self.base_dist.expand(batch_shape), self.bijections, self.context)
+
+    def rsample(self, sample_shape: Size | tuple = ()) -> Tensor:
+        z = self.base_dist.rsample(Size(sample_shape))
+        x, log_det = chain_forward(self.bijections, z, self.context)
+        self._last = (x, z, log_det)
+        return x
+
+    def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def sample_and_log_prob(self, sample_shape: Size | tuple = ()) -> tuple[Tensor, Tensor]:
+        """Draw reparameterised samples and their log-density in one forward pass."""
+        x = self.rsample(sample_shape)
+        return x, self.log_prob(x)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        last = self._last
+        if last is not None and value is last[0]:
+            _, z, log_det = last
+            return self.base_dist.log_prob(z) - log_det
+        check_event("value", value, self.features)
+        if not torch.isfinite(value).all():
+            raise ValueError(
+                f"value holds non-finite entries (NaN or inf); shape {tuple(value.shape)}"
+            )
+        z, log_det = chain_inverse(self.bijections, value, self.context)
+        return self.base_dist.log_prob(z) + log_det

@@ -1,0 +1,218 @@
+"""Elementwise monotone maps parameterised by a vector per feature ("transformers").
+
+A transformer maps each feature ``x_i`` with its own parameter vector ``params[..., i, :]``.
+Coupling and autoregressive bijections compute the parameters with a conditioner network
+and hand them to a transformer. Every transformer is the identity at ``params = 0``, so a
+conditioner whose last layer is zeroed gives a near-identity flow.
+
+``forward(x, params)`` and ``inverse(y, params)`` both return the mapped value and the
+*elementwise* log absolute derivative of the map they compute (same shape as ``x``).
+
+The constants below are part of the cross-backend contract: the JAX backend uses the
+same ones so that weights moved between backends give the same density.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["Transformer", "AdditiveTransformer", "AffineTransformer", "SplineTransformer"]
+
+#: Smallest bin width and height of a spline, as a fraction of the interval ``2 * bound``.
+MIN_BIN_SIZE = 1e-3
+#: Smallest derivative of a spline at an interior knot.
+MIN_DERIVATIVE = 1e-3
+#: ``softplus(DERIVATIVE_SHIFT) == 1 - MIN_DERIVATIVE``: zero parameters give derivative 1.
+DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
+
+
+class Transformer:
+    """Abstract elementwise transformer.
+
+    Attributes:
+        params_per_feature: Length of the parameter vector of one feature.
+    """
+
+    params_per_feature: int
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """Map ``x`` ``(..., D)`` with ``params`` ``(..., D, P)``; return ``(y, log|dy/dx|)``."""
+        raise NotImplementedError
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """Undo :meth:`forward`; return ``(x, log|dx/dy|)``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class AdditiveTransformer(Transformer):
+    """``y = x + shift`` (volume preserving, as in NICE). One parameter per feature.
+
+    Example:
+        >>> import torch
+        >>> import pyroflows.pyro as pf
+        >>> y, ld = pf.AdditiveTransformer().forward(torch.zeros(3), torch.ones(3, 1))
+    """
+
+    params_per_feature = 1
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return x + params[..., 0], torch.zeros_like(x)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return y - params[..., 0], torch.zeros_like(y)
+
+
+class AffineTransformer(Transformer):
+    """``y = x * exp(log_scale) + shift`` with a bounded log-scale.
+
+    Parameters per feature: ``(shift, raw_log_scale)``; the log-scale is soft-clamped as
+    ``bound * tanh(raw_log_scale / bound)``, so it stays in ``(-bound, bound)`` and the
+    log-det stays finite whatever the conditioner outputs.
+
+    Args:
+        bound: Bound on the absolute log-scale of one layer.
+
+    Example:
+        >>> import pyroflows.pyro as pf
+        >>> transformer = pf.AffineTransformer(bound=3.0)
+    """
+
+    params_per_feature = 2
+
+    def __init__(self, bound: float = 3.0) -> None:
+        if not bound > 0:
+            raise ValueError(f"bound must be > 0, got {bound!r}")
+        self.bound = float(bound)
+
+    def _shift_and_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        shift, raw = params[..., 0], params[..., 1]
+        return shift, torch.tanh(raw / self.bound) * self.bound
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        shift, log_scale = self._shift_and_log_scale(params)
+        return torch.addcmul(shift, x, log_scale.exp()), log_scale
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        shift, log_scale = self._shift_and_log_scale(params)
+        return (y - shift) * torch.exp(-log_scale), -log_scale
+
+    def __repr__(self) -> str:
+        return f"AffineTransformer(bound={self.bound})"
+
+
+class SplineTransformer(Transformer):
+    """Monotone rational-quadratic spline on ``[-bound, bound]`` with identity tails.
+
+    Durkan et al. (2019), "Neural Spline Flows". Parameters per feature:
+    ``bins`` unnormalised widths, ``bins`` unnormalised heights and ``bins - 1`` unnormalised
+    derivatives at the interior knots (``3 * bins - 1`` in all). Widths and heights go
+    through a softmax and are floored at ``MIN_BIN_SIZE``; derivatives are
+    ``MIN_DERIVATIVE + softplus(raw + DERIVATIVE_SHIFT)``, so zero parameters give equal bins
+    with slope 1: the identity. The derivative at both ends is 1, so the spline joins the
+    linear (identity) tails outside ``[-bound, bound]`` smoothly.
+
+    Numerics: the inside branch is evaluated on inputs clamped into the interval, so inputs
+    far outside it give no NaN (and no NaN gradients); the inverse's discriminant is
+    clamped at zero.
+
+    Args:
+        bins: Number of bins.
+        bound: Half-width of the interval on which the spline acts.
+
+    Example:
+        >>> import pyroflows.pyro as pf
+        >>> transformer = pf.SplineTransformer(bins=8, bound=5.0)
+        >>> transformer.params_per_feature
+        23
+    """
+
+    def __init__(self, bins: int = 8, bound: float = 5.0) -> None:
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+            raise ValueError(f"bins must be an int >= 2, got {bins!r}")
+        if MIN_BIN_SIZE * bins >= 1:
+            raise ValueError(f"bins must be < {int(1 / MIN_BIN_SIZE)}, got {bins}")
+        if not bound > 0:
+            raise ValueError(f"bound must be > 0, got {bound!r}")
+        self.bins = bins
+        self.bound = float(bound)
+        self.params_per_feature = 3 * bins - 1
+
+    def __repr__(self) -> str:
+        return f"SplineTransformer(bins={self.bins}, bound={self.bound})"
+
+    def _knots(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Knot x-positions, y-positions (each ``(..., bins + 1)``) and derivatives."""
+        k, b = self.bins, self.bound
+        widths = F.softmax(params[..., :k], dim=-1)
+        heights = F.softmax(params[..., k : 2 * k], dim=-1)
+        widths = MIN_BIN_SIZE + (1 - MIN_BIN_SIZE * k) * widths
+        heights = MIN_BIN_SIZE + (1 - MIN_BIN_SIZE * k) * heights
+        inner = MIN_DERIVATIVE + F.softplus(params[..., 2 * k :] + DERIVATIVE_SHIFT)
+        ones = torch.ones_like(inner[..., :1])
+        derivatives = torch.cat([ones, inner, ones], dim=-1)
+        zero = torch.zeros_like(widths[..., :1])
+        xs = torch.cat([zero, torch.cumsum(widths, dim=-1)], dim=-1) * (2 * b) - b
+        ys = torch.cat([zero, torch.cumsum(heights, dim=-1)], dim=-1) * (2 * b) - b
+        # Pin the last knot exactly at +bound (cumsum rounding).
+        xs = torch.cat([xs[..., :-1], torch.full_like(zero, b)], dim=-1)
+        ys = torch.cat([ys[..., :-1], torch.full_like(zero, b)], dim=-1)
+        return xs, ys, derivatives
+
+    @staticmethod
+    def _bin(knots: Tensor, value: Tensor, bins: int) -> Tensor:
+        """Index of the bin of ``value`` among ``knots`` (``(..., bins + 1)``), in ``[0, bins)``."""
+        index = torch.searchsorted(knots[..., 1:-1].contiguous(), value.unsqueeze(-1).contiguous())
+        return index.clamp(0, bins - 1)
+
+    def _gather(self, xs: Tensor, ys: Tensor, ds: Tensor, index: Tensor):
+        x0 = xs.gather(-1, index).squeeze(-1)
+        x1 = xs.gather(-1, index + 1).squeeze(-1)
+        y0 = ys.gather(-1, index).squeeze(-1)
+        y1 = ys.gather(-1, index + 1).squeeze(-1)
+        d0 = ds.gather(-1, index).squeeze(-1)
+        d1 = ds.gather(-1, index + 1).squeeze(-1)
+        return x0, x1 - x0, y0, y1 - y0, d0, d1
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        b = self.bound
+        inside = (x >= -b) & (x <= b)
+        xc = x.clamp(-b, b)
+        xs, ys, ds = self._knots(params)
+        x0, w, y0, h, d0, d1 = self._gather(xs, ys, ds, self._bin(xs, xc, self.bins))
+        s = h / w
+        t = (xc - x0) / w
+        t1 = t * (1 - t)
+        denom = s + (d0 + d1 - 2 * s) * t1
+        y = y0 + h * (s * t * t + d0 * t1) / denom
+        dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) ** 2)
+        log_det = torch.log(dnum) - 2 * torch.log(denom)
+        return torch.where(inside, y, x), torch.where(inside, log_det, torch.zeros_like(x))
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        b = self.bound
+        inside = (y >= -b) & (y <= b)
+        yc = y.clamp(-b, b)
+        xs, ys, ds = self._knots(params)
+        x0, w, y0, h, d0, d1 = self._gather(xs, ys, ds, self._bin(ys, yc, self.bins))
+        s = h / w
+        dy = yc - y0
+        c = d0 + d1 - 2 * s
+        qa = h * (s - d0) + dy * c
+        qb = h * d0 - dy * c
+        qc = -s * dy
+        disc = (qb * qb - 4 * qa * qc).clamp_min(0)
+        t = (2 * qc) / (-qb - torch.sqrt(disc))
+        t = t.clamp(0, 1)
+        t1 = t * (1 - t)
+        denom = s + c * t1
+        dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) ** 2)
+        log_det = 2 * torch.log(denom) - torch.log(dnum)
+        x = x0 + t * w
+        return torch.where(inside, x, y), torch.where(inside, log_det, torch.zeros_like(y))

@@ -1,0 +1,186 @@
+"""Structure shared by both backends: masks, MADE degrees and permutations.
+
+Everything here is plain numpy and seeded with numpy's own generator, so the torch and
+JAX backends build exactly the same structure from the same arguments (the first rule
+of cross-backend parity). Nothing here draws torch or JAX random numbers.
+
+Conventions:
+    * A coupling mask is a boolean vector of length ``features``; ``True`` marks a
+      feature that passes through unchanged and conditions the others, ``False`` a
+      feature that is transformed.
+    * MADE degrees are integers; an input of degree ``d`` may influence only outputs of
+      degree ``> d``. Inputs carry degrees ``1..features`` in the autoregressive order,
+      context inputs degree ``0``.
+
+Example:
+    >>> from pyroflows import structure
+    >>> structure.alternating_mask(4, parity=0)
+    array([ True, False,  True, False])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "alternating_mask",
+    "half_mask",
+    "random_mask",
+    "permutation",
+    "inverse_permutation",
+    "autoregressive_order",
+    "made_degrees",
+    "made_masks",
+]
+
+
+def _check_features(features: int, minimum: int = 1) -> int:
+    if isinstance(features, bool) or not isinstance(features, int | np.integer):
+        raise TypeError(f"features must be an int, got {type(features).__name__}")
+    if features < minimum:
+        raise ValueError(f"features must be >= {minimum}, got {features}")
+    return int(features)
+
+
+def half_mask(features: int, flip: bool = False) -> np.ndarray:
+    """First ``features // 2`` features pass through (``True``); ``flip`` swaps the halves.
+
+    Args:
+        features: Event size.
+        flip: Let the second half pass through instead.
+
+    Returns:
+        Boolean array of shape ``(features,)``.
+    """
+    features = _check_features(features, 2)
+    mask = np.arange(features) < features // 2
+    return ~mask if flip else mask
+
+
+def alternating_mask(features: int, parity: int = 0) -> np.ndarray:
+    """Every other feature passes through: those with ``index % 2 == parity``.
+
+    Args:
+        features: Event size (at least 2).
+        parity: 0 or 1.
+
+    Returns:
+        Boolean array of shape ``(features,)``.
+    """
+    features = _check_features(features, 2)
+    if parity not in (0, 1):
+        raise ValueError(f"parity must be 0 or 1, got {parity!r}")
+    return np.arange(features) % 2 == parity
+
+
+def random_mask(features: int, seed: int) -> np.ndarray:
+    """A seeded random mask with ``features // 2`` pass-through features.
+
+    Args:
+        features: Event size (at least 2).
+        seed: numpy seed; the same seed gives the same mask in both backends.
+
+    Returns:
+        Boolean array of shape ``(features,)``.
+    """
+    features = _check_features(features, 2)
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(features, dtype=bool)
+    mask[rng.permutation(features)[: features // 2]] = True
+    return mask
+
+
+def permutation(features: int, seed: int) -> np.ndarray:
+    """A seeded random permutation of ``range(features)`` (int64)."""
+    features = _check_features(features)
+    return np.random.default_rng(seed).permutation(features).astype(np.int64)
+
+
+def inverse_permutation(perm: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The permutation that undoes ``perm``; raises if ``perm`` is not a permutation."""
+    perm = np.asarray(perm, dtype=np.int64)
+    if perm.ndim != 1 or not np.array_equal(np.sort(perm), np.arange(perm.size)):
+        raise ValueError(f"permutation must hold each of 0..{perm.size - 1} once, got {perm}")
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(perm.size)
+    return inverse
+
+
+def autoregressive_order(features: int, layer: int) -> np.ndarray:
+    """The feature order of the ``layer``-th autoregressive layer of a recipe.
+
+    Even layers use the natural order, odd layers the reversed one, so that stacked
+    layers see every feature both early and late.
+
+    Returns:
+        ``order[i]`` is the position (0-based) of feature ``i`` in the autoregressive order.
+    """
+    features = _check_features(features)
+    order = np.arange(features)
+    return order[::-1].copy() if layer % 2 else order
+
+
+def made_degrees(
+    features: int,
+    hidden: Sequence[int],
+    context: int = 0,
+    order: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """Degrees of the input and hidden units of a MADE network.
+
+    Args:
+        features: Event size.
+        hidden: Hidden layer widths.
+        context: Number of context inputs (placed after the features, degree 0).
+        order: ``order[i]`` is the autoregressive position of feature ``i``
+            (default: natural order).
+
+    Returns:
+        ``[input_degrees, hidden_degrees_1, ...]``. Input degrees are ``order + 1``
+        followed by ``context`` zeros; hidden degrees cycle through
+        ``0..features - 1`` (``0`` only where needed: a unit of degree 0 sees only the
+        context), so every output of degree ``d`` has inputs of every degree ``< d``.
+    """
+    features = _check_features(features)
+    order = np.arange(features) if order is None else np.asarray(order, dtype=np.int64)
+    if order.shape != (features,) or not np.array_equal(np.sort(order), np.arange(features)):
+        raise ValueError(f"order must be a permutation of 0..{features - 1}, got {order}")
+    inputs = np.concatenate([order + 1, np.zeros(context, dtype=np.int64)])
+    degrees = [inputs.astype(np.int64)]
+    low = 1 if (context == 0 and features > 1) else 0
+    high = max(features - 1, low)  # hidden degrees in [low, high]
+    for width in hidden:
+        if width < 1:
+            raise ValueError(f"hidden widths must be >= 1, got {tuple(hidden)}")
+        span = high - low + 1
+        degrees.append((low + np.arange(width) % span).astype(np.int64))
+    return degrees
+
+
+def made_masks(
+    features: int,
+    hidden: Sequence[int],
+    params_per_feature: int,
+    context: int = 0,
+    order: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """Connectivity masks of a MADE network, one per linear layer, each ``(out, in)``.
+
+    The output layer has ``features * params_per_feature`` units laid out feature-major:
+    unit ``i * params_per_feature + p`` is parameter ``p`` of feature ``i``, so a
+    reshape to ``(..., features, params_per_feature)`` gives the transformer's parameters.
+
+    Returns:
+        Float64 arrays of 0/1, shapes ``(hidden[0], features + context)``, ...,
+        ``(features * params_per_feature, hidden[-1])``.
+    """
+    degrees = made_degrees(features, hidden, context, order)
+    masks = []
+    for previous, current in zip(degrees[:-1], degrees[1:], strict=True):
+        masks.append((current[:, None] >= previous[None, :]).astype(np.float64))
+    order = np.arange(features) if order is None else np.asarray(order, dtype=np.int64)
+    outputs = np.repeat(order + 1, params_per_feature)
+    masks.append((outputs[:, None] > degrees[-1][None, :]).astype(np.float64))
+    return masks
