@@ -10,12 +10,14 @@ own samples from a one-slot cache, so an IAF guide never runs its sequential dir
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 
 import torch
-from pyro.distributions import Normal, TransformedDistribution
+from pyro.distributions import TransformedDistribution
+from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Size, Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, constraints
 
 from pyroflows.pyro.core import (
     Bijection,
@@ -26,7 +28,60 @@ from pyroflows.pyro.core import (
     check_event,
 )
 
-__all__ = ["Flow", "FlowDistribution"]
+__all__ = ["Flow", "FlowDistribution", "StandardNormal"]
+
+
+class StandardNormal(TorchDistribution):
+    """Standard normal over vectors (event_dim 1): the default base of every flow.
+
+    Equal to ``Normal(zeros, ones).to_event(1)``, with a log-density of three kernels and
+    no argument checks (it has no arguments to check).
+
+    Args:
+        like: A tensor of shape ``(features,)`` whose dtype and device the samples take.
+        batch_shape: Batch shape.
+
+    Example:
+        >>> import torch
+        >>> from pyroflows.pyro.distributions import StandardNormal
+        >>> StandardNormal(torch.zeros(3)).log_prob(torch.zeros(3))
+        tensor(-2.7568)
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, like: Tensor, batch_shape: Size | tuple = ()) -> None:
+        self._like = like
+        super().__init__(Size(batch_shape), like.shape[-1:], validate_args=False)
+
+    def expand(self, batch_shape, _instance=None) -> StandardNormal:
+        return StandardNormal(self._like, batch_shape)
+
+    @property
+    def mean(self) -> Tensor:
+        return self._like.new_zeros(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self) -> Tensor:
+        return self._like.new_ones(self.batch_shape + self.event_shape)
+
+    def rsample(self, sample_shape: Size | tuple = ()) -> Tensor:
+        shape = self._extended_shape(Size(sample_shape))
+        return torch.randn(shape, dtype=self._like.dtype, device=self._like.device)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        features = self.event_shape[0]
+        lp = value.square().sum(-1).mul(-0.5) - 0.5 * features * math.log(2 * math.pi)
+        if self.batch_shape and lp.shape != self.batch_shape:
+            lp = lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))
+        return lp
+
+    def entropy(self) -> Tensor:
+        features = self.event_shape[0]
+        value = 0.5 * features * (1 + math.log(2 * math.pi))
+        return self._like.new_full(self.batch_shape, value)
 
 
 class _Base(nn.Module):
@@ -86,8 +141,8 @@ class Flow(nn.Module):
         self.features, self.context_features = chain_sizes(transforms, "transforms")
         self.transforms = nn.ModuleList(transforms)
         if base is None:
-            self.register_buffer("base_loc", torch.zeros(self.features))
-            self.register_buffer("base_scale", torch.ones(self.features))
+            # Carries the dtype and device of the default base; not part of the state.
+            self.register_buffer("base_like", torch.zeros(self.features), persistent=False)
             self.base = None
         else:
             if not isinstance(base, Distribution):
@@ -104,7 +159,7 @@ class Flow(nn.Module):
     def base_distribution(self) -> Distribution:
         """The base distribution, on the flow's device and dtype."""
         if self.base is None:
-            return Normal(self.base_loc, self.base_scale).to_event(1)
+            return StandardNormal(self.base_like)
         return self.base()
 
     def forward(self, context: Tensor | None = None) -> FlowDistribution:

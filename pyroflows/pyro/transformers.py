@@ -92,7 +92,7 @@ class AffineTransformer(Transformer):
         self.bound = float(bound)
 
     def _shift_and_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, raw = params[..., 0], params[..., 1]
+        shift, raw = params.unbind(-1)
         return shift, torch.tanh(raw / self.bound) * self.bound
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,60 +147,45 @@ class SplineTransformer(Transformer):
     def __repr__(self) -> str:
         return f"SplineTransformer(bins={self.bins}, bound={self.bound})"
 
-    def _knots(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Knot x-positions, y-positions (each ``(..., bins + 1)``) and derivatives."""
+    def _bin_table(self, params: Tensor, value: Tensor, row: int) -> Tensor:
+        """Per element, the bin that ``value`` falls in, as ``(..., 6)``:
+        ``(x_left, y_left, width, height, slope_left, slope_right)``.
+
+        ``row`` 0 looks ``value`` up among the x-knots (forward), 1 among the y-knots.
+        Knots are ``-bound + 2 * bound * cumsum(sizes)``, sizes floored at ``MIN_BIN_SIZE``.
+        """
         k, b = self.bins, self.bound
-        widths = F.softmax(params[..., :k], dim=-1)
-        heights = F.softmax(params[..., k : 2 * k], dim=-1)
-        widths = MIN_BIN_SIZE + (1 - MIN_BIN_SIZE * k) * widths
-        heights = MIN_BIN_SIZE + (1 - MIN_BIN_SIZE * k) * heights
-        inner = MIN_DERIVATIVE + F.softplus(params[..., 2 * k :] + DERIVATIVE_SHIFT)
-        ones = torch.ones_like(inner[..., :1])
-        derivatives = torch.cat([ones, inner, ones], dim=-1)
-        zero = torch.zeros_like(widths[..., :1])
-        xs = torch.cat([zero, torch.cumsum(widths, dim=-1)], dim=-1) * (2 * b) - b
-        ys = torch.cat([zero, torch.cumsum(heights, dim=-1)], dim=-1) * (2 * b) - b
-        # Pin the last knot exactly at +bound (cumsum rounding).
-        xs = torch.cat([xs[..., :-1], torch.full_like(zero, b)], dim=-1)
-        ys = torch.cat([ys[..., :-1], torch.full_like(zero, b)], dim=-1)
-        return xs, ys, derivatives
-
-    @staticmethod
-    def _bin(knots: Tensor, value: Tensor, bins: int) -> Tensor:
-        """Index of the bin of ``value`` among ``knots`` (``(..., bins + 1)``), in ``[0, bins)``."""
-        index = torch.searchsorted(knots[..., 1:-1].contiguous(), value.unsqueeze(-1).contiguous())
-        return index.clamp(0, bins - 1)
-
-    def _gather(self, xs: Tensor, ys: Tensor, ds: Tensor, index: Tensor):
-        x0 = xs.gather(-1, index).squeeze(-1)
-        x1 = xs.gather(-1, index + 1).squeeze(-1)
-        y0 = ys.gather(-1, index).squeeze(-1)
-        y1 = ys.gather(-1, index + 1).squeeze(-1)
-        d0 = ds.gather(-1, index).squeeze(-1)
-        d1 = ds.gather(-1, index + 1).squeeze(-1)
-        return x0, x1 - x0, y0, y1 - y0, d0, d1
+        sizes = F.softmax(params[..., : 2 * k].unflatten(-1, (2, k)), dim=-1)
+        sizes = sizes * (2 * b * (1 - MIN_BIN_SIZE * k)) + 2 * b * MIN_BIN_SIZE
+        left = torch.cumsum(sizes, dim=-1) - sizes - b  # (..., 2, bins): left knots
+        inner = F.softplus(params[..., 2 * k :] + DERIVATIVE_SHIFT) + MIN_DERIVATIVE
+        slopes = F.pad(inner, (1, 1), value=1.0)
+        table = torch.cat(
+            [left, sizes, slopes[..., :-1].unsqueeze(-2), slopes[..., 1:].unsqueeze(-2)], dim=-2
+        )
+        # Interior knots are the left knots of bins 1..bins-1: the index lands in [0, bins).
+        index = torch.searchsorted(left[..., row, 1:].contiguous(), value.unsqueeze(-1))
+        return table.gather(-1, index.unsqueeze(-2).expand(*index.shape[:-1], 6, 1)).squeeze(-1)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         b = self.bound
         inside = (x >= -b) & (x <= b)
         xc = x.clamp(-b, b)
-        xs, ys, ds = self._knots(params)
-        x0, w, y0, h, d0, d1 = self._gather(xs, ys, ds, self._bin(xs, xc, self.bins))
+        x0, y0, w, h, d0, d1 = self._bin_table(params, xc, 0).unbind(-1)
         s = h / w
-        t = (xc - x0) / w
+        t = ((xc - x0) / w).clamp(0, 1)
         t1 = t * (1 - t)
         denom = s + (d0 + d1 - 2 * s) * t1
         y = y0 + h * (s * t * t + d0 * t1) / denom
         dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) ** 2)
         log_det = torch.log(dnum) - 2 * torch.log(denom)
-        return torch.where(inside, y, x), torch.where(inside, log_det, torch.zeros_like(x))
+        return torch.where(inside, y, x), torch.where(inside, log_det, 0.0)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         b = self.bound
         inside = (y >= -b) & (y <= b)
         yc = y.clamp(-b, b)
-        xs, ys, ds = self._knots(params)
-        x0, w, y0, h, d0, d1 = self._gather(xs, ys, ds, self._bin(ys, yc, self.bins))
+        x0, y0, w, h, d0, d1 = self._bin_table(params, yc, 1).unbind(-1)
         s = h / w
         dy = yc - y0
         c = d0 + d1 - 2 * s
@@ -208,11 +193,9 @@ class SplineTransformer(Transformer):
         qb = h * d0 - dy * c
         qc = -s * dy
         disc = (qb * qb - 4 * qa * qc).clamp_min(0)
-        t = (2 * qc) / (-qb - torch.sqrt(disc))
-        t = t.clamp(0, 1)
+        t = ((2 * qc) / (-qb - torch.sqrt(disc))).clamp(0, 1)
         t1 = t * (1 - t)
         denom = s + c * t1
         dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) ** 2)
         log_det = 2 * torch.log(denom) - torch.log(dnum)
-        x = x0 + t * w
-        return torch.where(inside, x, y), torch.where(inside, log_det, torch.zeros_like(y))
+        return torch.where(inside, x0 + t * w, y), torch.where(inside, log_det, 0.0)
