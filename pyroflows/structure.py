@@ -12,7 +12,7 @@ Conventions:
       degree ``> d``. Inputs carry degrees ``1..features`` in the autoregressive order,
       context inputs degree ``0``.
 
-Example:
+Examples:
     >>> from pyroflows import structure
     >>> structure.alternating_mask(4, parity=0)
     array([ True, False,  True, False])

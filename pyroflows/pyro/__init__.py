@@ -1,6 +1,6 @@
 """pyroflows' PyTorch + Pyro backend.
 
-Example:
+Examples:
     >>> import torch
     >>> import pyroflows.pyro as pf
     >>> flow = pf.MAF(features=2, transforms=3, hidden=(32, 32))

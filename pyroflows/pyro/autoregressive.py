@@ -37,7 +37,7 @@ class MaskedAutoregressive(Bijection):
             (default natural order).
         activation: Activation of the conditioner.
 
-    Example:
+    Examples:
         >>> import torch
         >>> import pyroflows.pyro as pf
         >>> maf = pf.MaskedAutoregressive(3, transformer=pf.AffineTransformer(), invert=True)

@@ -129,7 +129,7 @@ class _PyroAdapter:
 class Bijection(_PyroAdapter, TransformModule, ConditionalTransform):
     """Abstract base of every pyroflows bijection (torch backend).
 
-    Subclasses implement :meth:`forward_and_log_det` and :meth:`inverse_and_log_det`.
+    Subclasses implement `forward_and_log_det` and `inverse_and_log_det`.
     Events are vectors of size ``features`` (event_dim 1) with any leading batch shape;
     ``log_det`` has the batch shape. A conditional bijection (``context > 0``) takes a
     context vector whose batch dims broadcast against the input's.
@@ -138,7 +138,7 @@ class Bijection(_PyroAdapter, TransformModule, ConditionalTransform):
         features: Event size.
         context: Size of the context vector (0 for an unconditional bijection).
 
-    Example:
+    Examples:
         >>> import torch, pyro.distributions as dist
         >>> import pyroflows.pyro as pf
         >>> maf = pf.MaskedAutoregressive(3, transformer=pf.AffineTransformer(), invert=True)
@@ -229,7 +229,7 @@ class Chain(Bijection):
             ``features``; the chain's context size is the largest of theirs, and each
             conditional member receives the same context.
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> chain = pf.Chain([pf.ActNorm(2), pf.Reverse(2)])
     """
@@ -303,7 +303,7 @@ class Invert(Bijection):
     ``Invert(b).forward_and_log_det`` is ``b.inverse_and_log_det`` and vice versa; this is
     how the cheap direction of a bijection is moved between sampling and density evaluation.
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> iaf = pf.MaskedAutoregressive(3, transformer=pf.AffineTransformer())
         >>> maf_like = pf.Invert(iaf)

@@ -29,12 +29,12 @@ class Coupling(Bijection):
         features: Event size (at least 2).
         context: Context size.
         mask: Boolean array of length ``features``; ``True`` features pass through
-            (default: :func:`pyroflows.structure.half_mask`).
+            (default: `pyroflows.structure.half_mask`).
         transformer: The elementwise map of the other features (default affine).
         hidden: Hidden widths of the MLP conditioner.
         activation: Activation of the conditioner.
 
-    Example:
+    Examples:
         >>> import torch
         >>> import pyroflows.pyro as pf
         >>> layer = pf.Coupling(4, transformer=pf.SplineTransformer(bins=4))

@@ -2,7 +2,7 @@
 
 ``Flow`` is an ``nn.Module`` holding a base distribution and a list of bijections
 (``flow.transforms``, parameter names ``transforms.3.conditioner.layers.0.weight``).
-``flow()`` or ``flow(context)`` returns a :class:`FlowDistribution`, a subclass of Pyro's
+``flow()`` or ``flow(context)`` returns a `FlowDistribution`, a subclass of Pyro's
 ``TransformedDistribution`` that scores data in one pass through the chain and scores its
 own samples from a one-slot cache, so an IAF guide never runs its sequential direction.
 """
@@ -41,7 +41,7 @@ class StandardNormal(TorchDistribution):
         like: A tensor of shape ``(features,)`` whose dtype and device the samples take.
         batch_shape: Batch shape.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from pyroflows.pyro.distributions import StandardNormal
         >>> StandardNormal(torch.zeros(3)).log_prob(torch.zeros(3))
@@ -127,7 +127,7 @@ class Flow(nn.Module):
             tensors are copied into buffers so the flow's ``.to(device)`` and ``.double()``
             move it too.
 
-    Example:
+    Examples:
         >>> import torch
         >>> import pyroflows.pyro as pf
         >>> flow = pf.Flow([pf.MaskedAutoregressive(2, invert=True), pf.Reverse(2)])
@@ -188,7 +188,7 @@ class FlowDistribution(TransformedDistribution):
         transforms: The bijections, base -> data.
         context: Context tensor ``(..., context)`` or ``None``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> import pyroflows.pyro as pf
         >>> d = pf.MAF(features=2, transforms=2, hidden=(8,))()

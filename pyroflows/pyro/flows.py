@@ -1,9 +1,9 @@
 """Recipes: ready-made flows with the same names and arguments in both backends.
 
 Every recipe takes ``features, context=0, transforms, hidden`` and family-specific keyword
-arguments after them, and returns a :class:`~pyroflows.pyro.distributions.Flow` whose
+arguments after them, and returns a `pyroflows.pyro.distributions.Flow` whose
 bijections are near the identity at initialisation. Structure (masks, autoregressive
-orders) comes from :mod:`pyroflows.structure`, so both backends build the same flow.
+orders) comes from `pyroflows.structure`, so both backends build the same flow.
 
 Choices made here:
     * Autoregressive recipes alternate the natural and the reversed feature order from one
@@ -105,7 +105,7 @@ def MAF(  # noqa: N802
         activation: Conditioner activation.
         base: Base distribution (default standard normal).
 
-    Example:
+    Examples:
         >>> import torch
         >>> import pyroflows.pyro as pf
         >>> flow = pf.MAF(features=5, context=0, transforms=5, hidden=(64, 64))
@@ -130,11 +130,11 @@ def IAF(  # noqa: N802
 ) -> Flow:
     """Inverse autoregressive flow (Kingma et al., 2016): one-pass sampling.
 
-    Same layers as :func:`MAF` used in the other direction: sampling (and scoring one's
+    Same layers as `MAF` used in the other direction: sampling (and scoring one's
     own samples, through the cache) is one pass, scoring new data takes ``features``
-    passes per layer. Arguments as in :func:`MAF`.
+    passes per layer. Arguments as in `MAF`.
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> d = pf.IAF(features=4, transforms=3, hidden=(32,))()
         >>> x = d.rsample((10,))
@@ -172,7 +172,7 @@ def NSF(  # noqa: N802
         activation: Conditioner activation.
         base: Base distribution (default standard normal).
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> flow = pf.NSF(features=2, transforms=3, hidden=(32, 32), bins=8, mode="coupling")
     """
@@ -200,9 +200,9 @@ def RealNVP(  # noqa: N802
 ) -> Flow:
     """RealNVP (Dinh et al., 2017): affine coupling layers with alternating masks.
 
-    Arguments as in :func:`MAF`; needs ``features >= 2``.
+    Arguments as in `MAF`; needs ``features >= 2``.
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> flow = pf.RealNVP(features=4, transforms=4, hidden=(64, 64))
     """
@@ -221,12 +221,12 @@ def NICE(  # noqa: N802
 ) -> Flow:
     """NICE (Dinh et al., 2015): additive coupling layers and a final diagonal scaling.
 
-    Arguments as in :func:`MAF`; needs ``features >= 2``. The coupling layers are volume
-    preserving; the diagonal scaling (:class:`~pyroflows.pyro.linear.Scale`) carries the
+    Arguments as in `MAF`; needs ``features >= 2``. The coupling layers are volume
+    preserving; the diagonal scaling (`pyroflows.pyro.linear.Scale`) carries the
     whole log-determinant. It is the last layer in the data -> base direction, as in the
     paper, so it comes first in the forward (base -> data) order.
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> flow = pf.NICE(features=4, transforms=4, hidden=(64, 64))
     """

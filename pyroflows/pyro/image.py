@@ -1,9 +1,9 @@
 """Preprocessing for discrete data: uniform dequantization, logit preprocessing, bits/dim.
 
 Discrete data with ``levels`` values per dimension (pixel intensities ``0..levels-1``) is
-made continuous with :func:`dequantize` (``(x + u) / levels`` with ``u ~ U[0, 1)``), which
-maps it into ``(0, 1)``. A flow whose last layer is :class:`Logit` then models it on the
-real line. :func:`bits_per_dim` turns a continuous log-density of dequantized data into
+made continuous with `dequantize` (``(x + u) / levels`` with ``u ~ U[0, 1)``), which
+maps it into ``(0, 1)``. A flow whose last layer is `Logit` then models it on the
+real line. `bits_per_dim` turns a continuous log-density of dequantized data into
 the usual bits per dimension of the discrete data (a variational bound).
 """
 
@@ -25,13 +25,13 @@ class Logit(Bijection):
 
     Forward (base -> data): ``y = (sigmoid(x) - alpha) / (1 - 2 alpha)``; inverse
     (data -> base): ``x = logit(alpha + (1 - 2 alpha) y)``. Put it last in a flow for data
-    in ``[0, 1]`` (after :func:`dequantize`); ``alpha`` keeps the logit finite at 0 and 1.
+    in ``[0, 1]`` (after `dequantize`); ``alpha`` keeps the logit finite at 0 and 1.
 
     Args:
         features: Event size.
         alpha: Squeeze of ``[0, 1]`` into ``[alpha, 1 - alpha]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> import pyroflows.pyro as pf
         >>> x, log_det = pf.Logit(2, alpha=0.05).inverse_and_log_det(torch.rand(5, 2))
@@ -77,7 +77,7 @@ def dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None)
         ``(x + u) / levels`` with ``u ~ U[0, 1)``, in the default float dtype unless
         ``x`` is already floating point.
 
-    Example:
+    Examples:
         >>> import torch
         >>> import pyroflows.pyro as pf
         >>> pf.dequantize(torch.tensor([0, 16]), levels=17).shape
@@ -108,7 +108,7 @@ def bits_per_dim(log_prob: Tensor, dims: int, levels: int) -> Tensor:
         dims: Number of dimensions of one data point.
         levels: Number of discrete values per dimension.
 
-    Example:
+    Examples:
         >>> import torch
         >>> import pyroflows.pyro as pf
         >>> float(pf.bits_per_dim(torch.tensor(0.0), dims=64, levels=256))

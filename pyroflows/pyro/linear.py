@@ -34,7 +34,7 @@ class ActNorm(Bijection):
     Args:
         features: Event size.
 
-    Example:
+    Examples:
         >>> import torch
         >>> import pyroflows.pyro as pf
         >>> layer = pf.ActNorm(3)
@@ -77,7 +77,7 @@ class ActNorm(Bijection):
 class Scale(Bijection):
     """Learnable elementwise scaling ``y = x * exp(log_scale)`` (the last layer of NICE).
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> layer = pf.Scale(4)
     """
@@ -108,7 +108,7 @@ class LULinear(Bijection):
     Args:
         features: Event size.
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> layer = pf.LULinear(4)
     """
@@ -156,10 +156,10 @@ class Permute(Bijection):
 
     Args:
         permutation: A permutation of ``range(features)``; an int ``features`` together
-            with ``seed`` draws one with :func:`pyroflows.structure.permutation`.
+            with ``seed`` draws one with `pyroflows.structure.permutation`.
         seed: numpy seed when ``permutation`` is an int.
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> layer = pf.Permute([2, 0, 1])
     """
@@ -185,9 +185,9 @@ class Permute(Bijection):
 
 
 def Reverse(features: int) -> Permute:  # noqa: N802 (named like the bijection it builds)
-    """A :class:`Permute` that reverses the order of the features. Log-det 0.
+    """A `Permute` that reverses the order of the features. Log-det 0.
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> layer = pf.Reverse(3)
     """

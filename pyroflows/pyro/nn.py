@@ -48,7 +48,7 @@ class MLP(nn.Module):
         hidden: Hidden layer widths.
         activation: Name of the activation between layers.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from pyroflows.pyro.nn import MLP
         >>> MLP(3, 4, hidden=(16,))(torch.ones(2, 3)).shape
@@ -107,10 +107,10 @@ class MADE(nn.Module):
         params_per_feature: Number of parameters per feature.
         hidden: Hidden widths.
         context: Context size.
-        order: Autoregressive order (see :func:`pyroflows.structure.made_degrees`).
+        order: Autoregressive order (see `pyroflows.structure.made_degrees`).
         activation: Activation name.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from pyroflows.pyro.nn import MADE
         >>> MADE(3, 2, hidden=(16,))(torch.ones(5, 3)).shape

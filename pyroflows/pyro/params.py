@@ -25,7 +25,7 @@ def _head(names: list[str]) -> str:
 def get_params(flow: nn.Module) -> dict[str, np.ndarray]:
     """The flow's parameters as ``{name: numpy array}`` (copies, on the CPU).
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> params = pf.get_params(pf.MAF(features=2, transforms=1, hidden=(4,)))
         >>> sorted(params)[:2]
@@ -35,13 +35,13 @@ def get_params(flow: nn.Module) -> dict[str, np.ndarray]:
 
 
 def set_params(flow: nn.Module, params: Mapping[str, np.ndarray]) -> nn.Module:
-    """Copy ``params`` (as from :func:`get_params`, possibly of the other backend) into ``flow``.
+    """Copy ``params`` (as from `get_params`, possibly of the other backend) into ``flow``.
 
     Every parameter of ``flow`` must be present with the same shape, and no other name may
     be. Values are cast to each parameter's dtype and device. ``ActNorm`` layers are marked
     initialised. Returns ``flow`` (modified in place).
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> a = pf.MAF(features=2, transforms=1, hidden=(4,))
         >>> b = pf.set_params(pf.MAF(features=2, transforms=1, hidden=(4,)), pf.get_params(a))

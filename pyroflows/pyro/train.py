@@ -80,7 +80,7 @@ def fit(
         FloatingPointError: when the loss becomes non-finite (lower ``lr``, standardise the
             data, or check the base distribution's support).
 
-    Example:
+    Examples:
         >>> import torch
         >>> import pyroflows.pyro as pf
         >>> flow = pf.MAF(features=2, transforms=2, hidden=(16,))

@@ -44,7 +44,7 @@ class Transformer:
         raise NotImplementedError
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        """Undo :meth:`forward`; return ``(x, log|dx/dy|)``."""
+        """Undo `forward`; return ``(x, log|dx/dy|)``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -54,7 +54,7 @@ class Transformer:
 class AdditiveTransformer(Transformer):
     """``y = x + shift`` (volume preserving, as in NICE). One parameter per feature.
 
-    Example:
+    Examples:
         >>> import torch
         >>> import pyroflows.pyro as pf
         >>> y, ld = pf.AdditiveTransformer().forward(torch.zeros(3), torch.ones(3, 1))
@@ -79,7 +79,7 @@ class AffineTransformer(Transformer):
     Args:
         bound: Bound on the absolute log-scale of one layer.
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> transformer = pf.AffineTransformer(bound=3.0)
     """
@@ -126,7 +126,7 @@ class SplineTransformer(Transformer):
         bins: Number of bins.
         bound: Half-width of the interval on which the spline acts.
 
-    Example:
+    Examples:
         >>> import pyroflows.pyro as pf
         >>> transformer = pf.SplineTransformer(bins=8, bound=5.0)
         >>> transformer.params_per_feature
