@@ -63,7 +63,13 @@ def broadcast_context(x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor
     """Expand ``x`` and ``context`` to a common batch shape (the event dims are kept)."""
     if context is None or x.shape[:-1] == context.shape[:-1]:
         return x, context
-    batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+    try:
+        batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"input of shape {tuple(x.shape)} and context of shape {tuple(context.shape)} "
+            "have batch shapes that do not broadcast"
+        ) from None
     return x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])
 
 

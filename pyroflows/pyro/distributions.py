@@ -17,7 +17,7 @@ import torch
 from pyro.distributions import TransformedDistribution
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Size, Tensor, nn
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, Transform, constraints
 
 from pyroflows.pyro.core import (
     Bijection,
@@ -84,6 +84,10 @@ class StandardNormal(TorchDistribution):
         return self._like.new_full(self.batch_shape, value)
 
 
+# Attributes of torch transforms that are caches or back-references, not state.
+_SKIPPED = frozenset({"_inv", "_cached_x_y"})
+
+
 class _Base(nn.Module):
     """Holds a distribution's tensors as buffers, so they follow ``.to()`` and ``.double()``."""
 
@@ -95,13 +99,22 @@ class _Base(nn.Module):
 
     def _collect(self, obj: object, path: tuple[str, ...]) -> None:
         for name, value in vars(obj).items():
+            if name in _SKIPPED:
+                continue
             if isinstance(value, Tensor):
-                buffer = "_".join((*path, name)).lstrip("_") or name
+                buffer = "_".join((*path, name)).replace("[", "").replace("]", "").lstrip("_")
                 buffer = f"b{len(self._paths)}_{buffer}"
                 self.register_buffer(buffer, value.detach().clone())
                 self._paths.append(((*path, name), buffer))
-            elif isinstance(value, Distribution):
+            elif isinstance(value, (Distribution, Transform)):
                 self._collect(value, (*path, name))
+            elif isinstance(value, (list, tuple)) and any(
+                isinstance(v, (Distribution, Transform)) for v in value
+            ):
+                # e.g. the transforms of a TransformedDistribution base
+                for i, v in enumerate(value):
+                    if isinstance(v, (Distribution, Transform)):
+                        self._collect(v, (*path, name, f"[{i}]"))
 
     def forward(self) -> Distribution:
         if not self._paths:
@@ -110,11 +123,32 @@ class _Base(nn.Module):
         for path, buffer in self._paths:
             node = root
             for name in path[:-1]:
-                child = copy.copy(getattr(node, name))
-                setattr(node, name, child)
-                node = child
+                node = _copy_child(node, name)
             setattr(node, path[-1], getattr(self, buffer))
         return root
+
+
+def _copy_child(node: object, name: str) -> object:
+    """Replace ``node``'s child ``name`` (an attribute, or ``[i]`` of a list) by a shallow copy."""
+    if name.startswith("["):
+        index = int(name[1:-1])
+        child = _shallow_copy(node[index])
+        node[index] = child
+        return child
+    child = getattr(node, name)
+    if isinstance(child, (list, tuple)):
+        child = list(child)  # the list is copied so the template's stays untouched
+    else:
+        child = _shallow_copy(child)
+    setattr(node, name, child)
+    return child
+
+
+def _shallow_copy(obj: object) -> object:
+    copied = copy.copy(obj)
+    if isinstance(copied, Transform):
+        copied._inv = None  # else ``.inv`` would still run the template transform
+    return copied
 
 
 class Flow(nn.Module):
@@ -210,7 +244,13 @@ class FlowDistribution(TransformedDistribution):
         self.features, self.context_features = chain_sizes(self.bijections, "transforms")
         self.context = check_context(context, self.context_features)
         if context is not None:
-            batch = torch.broadcast_shapes(base.batch_shape, context.shape[:-1])
+            try:
+                batch = torch.broadcast_shapes(base.batch_shape, context.shape[:-1])
+            except RuntimeError:
+                raise ValueError(
+                    f"context of shape {tuple(context.shape)} has a batch shape that does not "
+                    f"broadcast against the base's batch shape {tuple(base.batch_shape)}"
+                ) from None
             if batch != base.batch_shape:
                 base = base.expand(batch)
         pyro_transforms = [
@@ -231,7 +271,13 @@ class FlowDistribution(TransformedDistribution):
 
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
         with torch.no_grad():
-            return self.rsample(sample_shape)
+            if self.base_dist.has_rsample:
+                return self.rsample(sample_shape)
+            # a base without rsample (a mixture, say) is sampled without gradients
+            z = self.base_dist.sample(Size(sample_shape))
+            x, log_det = chain_forward(self.bijections, z, self.context)
+            self._last = (x, z, log_det)
+            return x
 
     def sample_and_log_prob(self, sample_shape: Size | tuple = ()) -> tuple[Tensor, Tensor]:
         """Draw reparameterised samples and their log-density in one forward pass."""
@@ -248,5 +294,13 @@ class FlowDistribution(TransformedDistribution):
             raise ValueError(
                 f"value holds non-finite entries (NaN or inf); shape {tuple(value.shape)}"
             )
+        if self.context is not None:
+            try:
+                torch.broadcast_shapes(value.shape[:-1], self.context.shape[:-1])
+            except RuntimeError:
+                raise ValueError(
+                    f"value of shape {tuple(value.shape)} and context of shape "
+                    f"{tuple(self.context.shape)} have batch shapes that do not broadcast"
+                ) from None
         z, log_det = chain_inverse(self.bijections, value, self.context)
         return self.base_dist.log_prob(z) + log_det

@@ -23,16 +23,53 @@ def _as_tensor(name: str, value, like: Tensor, features: int) -> Tensor:
         raise ValueError(f"{name} must have shape (n, {features}), got shape {tuple(tensor.shape)}")
     if not torch.isfinite(tensor).all():
         bad = int((~torch.isfinite(tensor)).any(-1).sum())
-        raise ValueError(f"{name} holds non-finite values (NaN or inf) in {bad} rows")
+        raise ValueError(
+            f"{name} holds non-finite values (NaN or inf) in {bad} rows "
+            f"(shape {tuple(tensor.shape)})"
+        )
     return tensor
 
 
 def _adam(params: list[Tensor], lr: float, weight_decay: float) -> torch.optim.Adam:
-    """Adam, fused into one kernel per step where this torch build supports it."""
-    try:
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError):  # torch < 2.4 on the CPU, or unsupported dtypes
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    """Adam with torch's multi-tensor (``foreach``) update.
+
+    The fused kernel is not used: on the CPU it gains nothing for flow-sized models and its
+    first construction imports the compiler stack (about a second and a half).
+    """
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
+def _validation_set(validation, flow: Flow, like: Tensor):
+    """Parse ``validation`` given as held-out data: ``val_data`` or ``(val_data, val_context)``."""
+    if isinstance(validation, tuple):
+        if len(validation) != 2:
+            raise ValueError(
+                "validation given as a tuple must be (val_data, val_context), got a tuple of "
+                f"length {len(validation)}; pass the array alone when the flow has no context"
+            )
+        val_data, val_context = validation
+    else:
+        val_data, val_context = validation, None
+    val_data = _as_tensor("validation data", val_data, like, flow.features)
+    if flow.context_features:
+        if val_context is None:
+            raise ValueError(
+                f"validation context is required: the flow was built with context="
+                f"{flow.context_features}, so pass validation=(val_data, val_context)"
+            )
+        val_context = _as_tensor("validation context", val_context, like, flow.context_features)
+        if val_context.shape[0] != val_data.shape[0]:
+            raise ValueError(
+                "validation context must have one row per validation data row: validation "
+                f"data has shape {tuple(val_data.shape)}, validation context has shape "
+                f"{tuple(val_context.shape)}"
+            )
+    elif val_context is not None:
+        raise ValueError(
+            "validation context was given, but the flow was built without context "
+            f"(context=0); got a validation context of shape {tuple(np.shape(val_context))}"
+        )
+    return val_data, val_context
 
 
 def fit(
@@ -95,7 +132,8 @@ def fit(
     if flow.context_features:
         if context is None:
             raise ValueError(
-                f"context is required: the flow was built with context={flow.context_features}"
+                f"context is required: the flow was built with context={flow.context_features}, "
+                f"so pass an array of shape (n, {flow.context_features}) with data"
             )
         context = _as_tensor("context", context, like, flow.context_features)
         if context.shape[0] != data.shape[0]:
@@ -104,16 +142,16 @@ def fit(
                 f"context has {context.shape[0]}"
             )
     elif context is not None:
-        raise ValueError("context was given, but the flow was built without context (context=0)")
+        raise ValueError(
+            "context was given, but the flow was built without context (context=0); got a "
+            f"context of shape {tuple(np.shape(context))}"
+        )
     if batch_size < 1 or epochs < 1:
         raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size} and {epochs}")
 
     generator = torch.Generator().manual_seed(seed)
     if isinstance(validation, tuple | list | np.ndarray | Tensor):
-        val_data, val_context = validation if isinstance(validation, tuple) else (validation, None)
-        val_data = _as_tensor("validation data", val_data, like, flow.features)
-        if flow.context_features:
-            val_context = _as_tensor("validation context", val_context, like, flow.context_features)
+        val_data, val_context = _validation_set(validation, flow, like)
         train_idx = torch.arange(data.shape[0])
     else:
         if not 0 <= validation < 1:

@@ -120,7 +120,9 @@ class SplineTransformer(Transformer):
 
     Numerics: the inside branch is evaluated on inputs clamped into the interval, so inputs
     far outside it give no NaN (and no NaN gradients); the inverse's discriminant is
-    clamped at zero.
+    clamped at zero. The position inside a bin is not clamped to ``[0, 1]``: at a knot it
+    may be off by rounding, which is harmless, and clamping it would zero the input
+    gradient there.
 
     Args:
         bins: Number of bins.
@@ -173,7 +175,7 @@ class SplineTransformer(Transformer):
         xc = x.clamp(-b, b)
         x0, y0, w, h, d0, d1 = self._bin_table(params, xc, 0).unbind(-1)
         s = h / w
-        t = ((xc - x0) / w).clamp(0, 1)
+        t = (xc - x0) / w
         t1 = t * (1 - t)
         denom = s + (d0 + d1 - 2 * s) * t1
         y = y0 + h * (s * t * t + d0 * t1) / denom
@@ -193,7 +195,7 @@ class SplineTransformer(Transformer):
         qb = h * d0 - dy * c
         qc = -s * dy
         disc = (qb * qb - 4 * qa * qc).clamp_min(0)
-        t = ((2 * qc) / (-qb - torch.sqrt(disc))).clamp(0, 1)
+        t = (2 * qc) / (-qb - torch.sqrt(disc))
         t1 = t * (1 - t)
         denom = s + c * t1
         dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) ** 2)

@@ -1,0 +1,145 @@
+"""Two moons: a neural spline flow trained with `pyroflows.pyro.fit` against a Gaussian.
+
+What this example shows:
+
+* The shortest path from data to a trained density: a recipe
+  (``pf.NSF(features=2, ..., mode="coupling")``: rational-quadratic spline coupling
+  layers) and `pyroflows.pyro.fit` (Adam, minibatches, early stopping on a validation
+  split, best parameters restored).
+* ``flow()`` is a Pyro distribution: ``log_prob`` scores points (here a grid, for the
+  contour plot, and the held-out set) and ``sample`` draws new points.
+* A flow captures a curved, two-component density that a Gaussian cannot: held-out
+  log-likelihoods of both are printed.
+
+Data: ``sklearn.datasets.make_moons(n_samples=2000, noise=0.05)``, standardised with the
+training set's mean and standard deviation, split into 1500 training points (of which
+`fit` holds out 10% for early stopping) and 500 test points.
+
+Run from the repository root::
+
+    python examples/two_moons.py             # default run (well under a minute)
+    python examples/two_moons.py --quick     # a tiny smoke run
+
+It writes ``outputs/two_moons.png``: test data, the learned density as a contour plot,
+and samples of the flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from sklearn.datasets import make_moons
+from torch import Tensor
+
+import pyroflows.pyro as pf
+
+N_SAMPLES = 2000
+N_TRAIN = 1500
+
+
+def load_data(seed: int) -> tuple[Tensor, Tensor]:
+    """Standardised two-moons data, split into train and test."""
+    x, _ = make_moons(n_samples=N_SAMPLES, noise=0.05, random_state=seed)
+    x = torch.as_tensor(x, dtype=torch.get_default_dtype())
+    train, test = x[:N_TRAIN], x[N_TRAIN:]  # make_moons shuffles the points
+    mean, std = train.mean(0), train.std(0)
+    return (train - mean) / std, (test - mean) / std
+
+
+def fit_gaussian(train: Tensor) -> torch.distributions.MultivariateNormal:
+    """Full-covariance Gaussian by maximum likelihood."""
+    cov = torch.cov(train.T, correction=0)
+    return torch.distributions.MultivariateNormal(train.mean(0), cov)
+
+
+def plot(flow: pf.Flow, test: Tensor, samples: Tensor, path: Path) -> None:
+    """Test data, the flow's density on a grid, and the flow's samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lim = 2.5
+    axis = torch.linspace(-lim, lim, 200)
+    gx, gy = torch.meshgrid(axis, axis, indexing="xy")
+    grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+    with torch.no_grad():
+        density = flow().log_prob(grid).exp().reshape(gx.shape)
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharex=True, sharey=True)
+    axes[0].scatter(*test.T.numpy(), s=3, alpha=0.6)
+    axes[0].set_title("test data")
+    contour = axes[1].contourf(gx.numpy(), gy.numpy(), density.numpy(), levels=30, cmap="viridis")
+    fig.colorbar(contour, ax=axes[1], fraction=0.046, pad=0.04)
+    axes[1].set_title("learned density p(x)")
+    axes[2].scatter(*samples.T.numpy(), s=3, alpha=0.6, color="tab:orange")
+    axes[2].set_title("flow samples")
+    for ax in axes:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=None, help="max epochs (default 300)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data, init and batches")
+    parser.add_argument("--out", type=Path, default=Path("outputs"), help="output folder")
+    parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
+    args = parser.parse_args(argv)
+
+    epochs = args.epochs if args.epochs is not None else (2 if args.quick else 300)
+    transforms, hidden = (2, (16,)) if args.quick else (6, (64, 64))
+    torch.manual_seed(args.seed)
+    train, test = load_data(args.seed)
+
+    flow = pf.NSF(
+        features=2, transforms=transforms, hidden=hidden, bins=8, bound=4.0, mode="coupling"
+    )
+    print(
+        f"training NSF ({transforms} spline coupling layers, hidden {hidden}) "
+        f"for up to {epochs} epochs"
+    )
+    start = time.perf_counter()
+    history = pf.fit(
+        flow,
+        train,
+        epochs=epochs,
+        batch_size=128,
+        lr=3e-3,
+        patience=30,
+        seed=args.seed,
+        progress=not args.quick,
+    )
+    seconds = time.perf_counter() - start
+    stopped = len(history["train"])
+    print(f"stopped after {stopped} epochs (best {history['best_epoch'] + 1}), {seconds:.1f} s")
+
+    gaussian = fit_gaussian(train)
+    with torch.no_grad():
+        flow_ll = flow().log_prob(test).mean().item()
+        gauss_ll = gaussian.log_prob(test).mean().item()
+        samples = flow().sample((1000,))
+
+    print(f"\nHeld-out log-likelihood on {test.shape[0]} test points (standardised data)")
+    print(f"{'model':<30} {'nats/point':>11} {'bits/dim':>9}")
+    for name, ll in (("NSF flow (pf.fit)", flow_ll), ("Gaussian, full covariance", gauss_ll)):
+        print(f"{name:<30} {ll:>11.3f} {-ll / (2 * math.log(2)):>9.3f}")
+    print("(bits/dim here is -log p / (2 log 2) of the continuous density: lower is better)")
+
+    path = args.out / "two_moons.png"
+    plot(flow, test, samples, path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

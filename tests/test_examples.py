@@ -1,0 +1,42 @@
+"""Smoke tests of the examples: each runs with ``--quick`` in a subprocess.
+
+They check that the scripts run end to end against the installed library (exit code 0),
+print their bits/dim table and write their figure; the numbers of the full runs are in
+``examples/README.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+
+@pytest.mark.parametrize(
+    ("script", "figure"), [("digits.py", "digits.png"), ("two_moons.py", "two_moons.png")]
+)
+def test_example_quick_run(script: str, figure: str, tmp_path: Path) -> None:
+    out = tmp_path / "outputs"
+    # One thread: a smoke run gains nothing from more, and it keeps the run fast when
+    # other processes (or pytest workers) share the cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    assert (out / figure).is_file()
+    assert (out / figure).stat().st_size > 0
+    assert "bits/dim" in result.stdout
