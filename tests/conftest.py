@@ -1,4 +1,4 @@
-"""Shared test configuration: float64 fixture, seeding and the CUDA skip."""
+"""Shared test configuration: float64 fixtures (torch and JAX), seeding and the CUDA skip."""
 
 from __future__ import annotations
 
@@ -44,3 +44,33 @@ def seeded():
         yield
     finally:
         torch.set_rng_state(state)
+
+
+@pytest.fixture
+def jax_x64():
+    """Enable JAX's float64 (``jax_enable_x64``) for the test, and restore the previous value.
+
+    Build JAX modules inside the test, after this fixture ran: arrays created while x64 is
+    off are float32."""
+    import jax
+
+    previous = bool(jax.config.read("jax_enable_x64"))
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def jax_fast_compile():
+    """Ask XLA for little optimisation (``jax_disable_most_optimizations``) during the test:
+    compiling, not running, dominates small JAX tests. Restores the previous value."""
+    import jax
+
+    previous = bool(jax.config.read("jax_disable_most_optimizations"))
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)

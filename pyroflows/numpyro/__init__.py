@@ -1,0 +1,61 @@
+"""pyroflows' JAX + NumPyro backend: the same names, arguments and parameter layout as
+`pyroflows.pyro`, with parameters in equinox modules and constructors taking ``key=``.
+
+Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import pyroflows.numpyro as pfj
+    >>> flow = pfj.MAF(features=2, transforms=3, hidden=(32, 32), key=jax.random.key(0))
+    >>> flow().log_prob(jnp.zeros((5, 2))).shape
+    (5,)
+"""
+
+from pyroflows.numpyro.autoregressive import MaskedAutoregressive
+from pyroflows.numpyro.core import Bijection, BijectionTransform, Chain, Invert
+from pyroflows.numpyro.coupling import Coupling
+from pyroflows.numpyro.distributions import Flow, FlowDistribution
+from pyroflows.numpyro.flows import IAF, MAF, NICE, NSF, RealNVP
+from pyroflows.numpyro.image import Logit, bits_per_dim, dequantize
+from pyroflows.numpyro.linear import ActNorm, LULinear, Permute, Reverse, Scale
+from pyroflows.numpyro.nn import MADE, MLP
+from pyroflows.numpyro.params import get_params, set_params
+from pyroflows.numpyro.train import fit, initialize_actnorm
+from pyroflows.numpyro.transformers import (
+    AdditiveTransformer,
+    AffineTransformer,
+    SplineTransformer,
+    Transformer,
+)
+
+__all__ = [
+    "ActNorm",
+    "AdditiveTransformer",
+    "AffineTransformer",
+    "Bijection",
+    "BijectionTransform",
+    "Chain",
+    "Coupling",
+    "Flow",
+    "FlowDistribution",
+    "IAF",
+    "Invert",
+    "LULinear",
+    "Logit",
+    "MADE",
+    "MAF",
+    "MLP",
+    "MaskedAutoregressive",
+    "NICE",
+    "NSF",
+    "Permute",
+    "RealNVP",
+    "Reverse",
+    "Scale",
+    "SplineTransformer",
+    "Transformer",
+    "bits_per_dim",
+    "dequantize",
+    "fit",
+    "get_params",
+    "initialize_actnorm",
+    "set_params",
+]

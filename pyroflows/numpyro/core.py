@@ -1,0 +1,418 @@
+"""The one bijection base class, ``Chain``, ``Invert`` and the adapter to NumPyro transforms.
+
+Every pyroflows bijection computes both directions together with the log absolute
+determinant of the Jacobian of the map it computes:
+
+* ``forward_and_log_det(x, context=None) -> (y, log_det)``: base -> data (generative);
+* ``inverse_and_log_det(y, context=None) -> (x, log_det)``: data -> base.
+
+A bijection is an equinox module (a pytree of its arrays). ``bijection.transform(context)``
+wraps it as a NumPyro ``Transform`` for ``numpyro.distributions.TransformedDistribution``;
+its ``call_with_intermediates`` hands the log-det to NumPyro, so scoring a sample drawn with
+``sample_with_intermediates`` (as NumPyro's ELBOs do for guides) never runs the inverse.
+
+Runs of bijections with identical structure (same classes, static settings and array
+shapes, as recipes build them) are stored stacked, once, in a `Stack` and run with
+``jax.lax.scan``, so tracing and compile time do not grow with the number of layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import Transform
+
+__all__ = [
+    "Bijection",
+    "BijectionTransform",
+    "Chain",
+    "Invert",
+    "Stack",
+    "check_context",
+    "check_event",
+]
+
+
+def check_event(name: str, value: Any, features: int) -> Array:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` has shape ``(..., features)``."""
+    value = jnp.asarray(value) if not isinstance(value, jax.Array) else value
+    if value.ndim < 1 or value.shape[-1] != features:
+        raise ValueError(
+            f"{name} must have shape (..., {features}) (event size {features}), "
+            f"got shape {tuple(value.shape)}"
+        )
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating point array, got dtype {value.dtype}")
+    return value
+
+
+def check_context(context: Any, context_features: int) -> Array | None:
+    """Validate a context argument against the number of context features expected."""
+    if context_features == 0:
+        if context is not None:
+            raise ValueError(
+                "context was given, but this flow was built without context (context=0); "
+                f"got a context of shape {tuple(jnp.shape(context))}"
+            )
+        return None
+    if context is None:
+        raise ValueError(
+            f"context is required: this flow was built with context={context_features}, "
+            f"so pass an array of shape (..., {context_features}) to flow(context) or to "
+            "the bijection"
+        )
+    return check_event("context", context, context_features)
+
+
+def broadcast_context(x: Array, context: Array | None) -> tuple[Array, Array | None]:
+    """Broadcast ``x`` and ``context`` to a common batch shape (the event dims are kept)."""
+    if context is None or x.shape[:-1] == context.shape[:-1]:
+        return x, context
+    try:
+        batch = jnp.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+    except ValueError:
+        raise ValueError(
+            f"input of shape {tuple(x.shape)} and context of shape {tuple(context.shape)} "
+            "have batch shapes that do not broadcast"
+        ) from None
+    x = jnp.broadcast_to(x, (*batch, x.shape[-1]))
+    return x, jnp.broadcast_to(context, (*batch, context.shape[-1]))
+
+
+def _check_size(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be a {kind} int, got {value!r}")
+    return value
+
+
+class Bijection(eqx.Module):
+    """Abstract base of every pyroflows bijection (JAX backend).
+
+    Subclasses implement `forward_and_log_det` and `inverse_and_log_det`. Events are
+    vectors of size ``features`` (event_dim 1) with any leading batch shape; ``log_det``
+    has the batch shape. A conditional bijection (``context_features > 0``) takes a
+    context vector whose batch dims broadcast against the input's.
+
+    Attributes:
+        features: Event size.
+        context_features: Size of the context vector (0 for an unconditional bijection).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import numpyro.distributions as dist
+        >>> import pyroflows.numpyro as pfj
+        >>> maf = pfj.MaskedAutoregressive(3, invert=True, key=jax.random.key(0))
+        >>> base = dist.Normal(jnp.zeros(3), 1.0).to_event(1)
+        >>> d = dist.TransformedDistribution(base, maf.transform())
+        >>> d.log_prob(jnp.ones((10, 3))).shape
+        (10,)
+    """
+
+    features: int = eqx.field(static=True)
+    context_features: int = eqx.field(static=True)
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        """Map base -> data; return ``(y, log|det dy/dx|)``."""
+        raise NotImplementedError
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        """Map data -> base; return ``(x, log|det dx/dy|)``."""
+        raise NotImplementedError
+
+    def transform(self, context: Array | None = None) -> BijectionTransform:
+        """This bijection, with ``context`` fixed, as a NumPyro ``Transform``."""
+        return BijectionTransform(self, check_context(context, self.context_features))
+
+
+class BijectionTransform(Transform):
+    """A bijection (with its context fixed) as a NumPyro ``Transform``.
+
+    ``call_with_intermediates`` returns the log-det as the intermediate, which
+    ``log_abs_det_jacobian`` then reuses: one forward pass scores a sample.
+
+    Args:
+        bijection: The bijection.
+        context: Its context (``None`` for an unconditional bijection).
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+
+    def __init__(self, bijection: Bijection, context: Array | None = None) -> None:
+        self.bijection = bijection
+        self.context = context
+
+    def __call__(self, x: Array) -> Array:
+        return self.bijection.forward_and_log_det(x, self.context)[0]
+
+    def call_with_intermediates(self, x: Array) -> tuple[Array, Array]:
+        return self.bijection.forward_and_log_det(x, self.context)
+
+    def _inverse(self, y: Array) -> Array:
+        return self.bijection.inverse_and_log_det(y, self.context)[0]
+
+    def log_abs_det_jacobian(self, x: Array, y: Array, intermediates: Any = None) -> Array:
+        if intermediates is not None:
+            return intermediates
+        return self.bijection.forward_and_log_det(x, self.context)[1]
+
+    def tree_flatten(self):
+        return (self.bijection, self.context), ()
+
+    @classmethod
+    def tree_unflatten(cls, aux_data, params):
+        return cls(*params)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def chain_sizes(transforms: Sequence[Any], name: str) -> tuple[int, int]:
+    """Check that ``transforms`` share one event size; return ``(features, context)``."""
+    if not transforms:
+        raise ValueError(f"{name} must hold at least one bijection, got none")
+    for i, t in enumerate(transforms):
+        if not isinstance(t, Bijection):
+            raise TypeError(f"{name}[{i}] must be a pyroflows Bijection, got {type(t).__name__}")
+    sizes = {t.features for t in transforms}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"{name} must share one event size, got features {[t.features for t in transforms]}"
+        )
+    contexts = {t.context_features for t in transforms} - {0}
+    if len(contexts) > 1:
+        raise ValueError(
+            f"conditional members of {name} must share one context size, got {sorted(contexts)}"
+        )
+    return sizes.pop(), (contexts.pop() if contexts else 0)
+
+
+# ------------------------------------------------------------------ stacking and scanning
+
+
+def _signature(bijection: Bijection) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(bijection)
+    return treedef, tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
+
+
+def _blocks(transforms: Sequence[Bijection]) -> list[tuple[int, list[Bijection]]]:
+    """Split a chain into blocks ``(period, layers)``.
+
+    A block of period ``p`` holds ``k * p`` layers (``k >= 2``) in which layer ``i`` has the
+    structure of layer ``i + p``; period 2 covers alternating structures (coupling masks of
+    an odd number of features). Period 0 marks a single layer that is not stacked. `Stack`
+    blocks are never stacked again.
+    """
+    sigs = [None if isinstance(t, Stack) else _signature(t) for t in transforms]
+    n, i, blocks = len(transforms), 0, []
+    while i < n:
+        best_period, best_steps = 1, 1
+        for period in (1, 2):
+            steps = 1
+            while (
+                i + (steps + 1) * period <= n
+                and all(sigs[i + j] is not None for j in range(period))
+                and all(sigs[i + steps * period + j] == sigs[i + j] for j in range(period))
+            ):
+                steps += 1
+            if steps >= 2 and steps * period > best_steps * best_period:
+                best_period, best_steps = period, steps
+        size = best_period * best_steps
+        blocks.append((best_period if best_steps >= 2 else 0, list(transforms[i : i + size])))
+        i += size
+    return blocks
+
+
+def _member_context(t: Bijection, context: Array | None) -> Array | None:
+    return context if t.context_features else None
+
+
+class Stack(Bijection):
+    """``steps`` repetitions of a group of ``period`` bijections, held stacked and run by scan.
+
+    Every array of ``layers[j]`` has a leading axis of size ``steps``: entry ``s`` belongs to
+    layer ``s * period + j`` of the chain. `Chain` and `pyroflows.numpyro.Flow` build
+    stacks from runs of structurally identical layers (``scan=True``), so the arrays are
+    stacked once, when the flow is built, and a training step neither re-stacks them nor
+    traces more than one group of layers. `layers_list` gives the layers back one by one;
+    `pyroflows.numpyro.get_params` names the parameters per layer, as the torch backend does.
+
+    Args:
+        layers: The bijections, in chain order; their number must be a multiple of
+            ``period`` and layer ``i`` must have the structure of layer ``i + period``.
+        period: Size of the repeated group.
+    """
+
+    layers: tuple[Bijection, ...]
+    steps: int = eqx.field(static=True)
+    period: int = eqx.field(static=True)
+
+    def __init__(self, layers: Sequence[Bijection], period: int = 1) -> None:
+        layers = list(layers)
+        if period < 1 or len(layers) < period or len(layers) % period:
+            raise ValueError(
+                f"Stack needs a positive multiple of period={period} layers, got {len(layers)}"
+            )
+        self.features, self.context_features = chain_sizes(layers, "layers")
+        for i in range(period, len(layers)):
+            if _signature(layers[i]) != _signature(layers[i - period]):
+                raise ValueError(
+                    f"layers[{i}] and layers[{i - period}] differ in structure and cannot be "
+                    "stacked"
+                )
+        self.steps = len(layers) // period
+        self.period = period
+        self.layers = tuple(
+            jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *layers[j::period])
+            for j in range(period)
+        )
+
+    def layers_list(self) -> list[Bijection]:
+        """The stacked layers one by one, in chain order."""
+        return [
+            jax.tree_util.tree_map(lambda leaf, s=s: leaf[s], self.layers[j])
+            for s in range(self.steps)
+            for j in range(self.period)
+        ]
+
+    def _scan(self, x: Array, context: Array | None, inverse: bool) -> tuple[Array, Array]:
+        def body(carry, members):
+            y, acc = carry
+            for t in reversed(members) if inverse else members:
+                step = t.inverse_and_log_det if inverse else t.forward_and_log_det
+                y, log_det = step(y, _member_context(t, context))
+                acc = acc + log_det
+            return (y, acc), None
+
+        # The carry must have its final shape from the first step on (context broadcasting).
+        first = jax.tree_util.tree_map(lambda leaf: leaf[0], self.layers[-1 if inverse else 0])
+        step = first.inverse_and_log_det if inverse else first.forward_and_log_det
+        shape_x, shape_ld = jax.eval_shape(step, x, _member_context(first, context))
+        x = jnp.broadcast_to(x, shape_x.shape)
+        acc = jnp.zeros(shape_ld.shape, jnp.result_type(x))
+        (x, acc), _ = jax.lax.scan(body, (x, acc), self.layers, reverse=inverse)
+        return x, acc
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._scan(x, context, inverse=False)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._scan(y, context, inverse=True)
+
+
+def stack_runs(transforms: Sequence[Bijection]) -> tuple[Bijection, ...]:
+    """Replace every run of structurally identical layers by a `Stack` (built once)."""
+    out: list[Bijection] = []
+    for period, layers in _blocks(transforms):
+        if period:
+            out.append(Stack(layers, period))
+        else:
+            out.extend(layers)
+    return tuple(out)
+
+
+def unstack(transforms: Sequence[Bijection]) -> tuple[Bijection, ...]:
+    """The layers of a chain one by one, with every `Stack` expanded."""
+    out: list[Bijection] = []
+    for t in transforms:
+        out.extend(t.layers_list() if isinstance(t, Stack) else [t])
+    return tuple(out)
+
+
+def chain_forward(
+    transforms: Sequence[Bijection], x: Array, context: Array | None
+) -> tuple[Array, Array]:
+    """Run ``transforms`` forward in order, summing their log-dets."""
+    total = jnp.zeros(())
+    for t in transforms:
+        x, log_det = t.forward_and_log_det(x, _member_context(t, context))
+        total = total + log_det
+    return x, total
+
+
+def chain_inverse(
+    transforms: Sequence[Bijection], y: Array, context: Array | None
+) -> tuple[Array, Array]:
+    """Run ``transforms`` inverse in reverse order, summing their log-dets."""
+    total = jnp.zeros(())
+    for t in reversed(transforms):
+        y, log_det = t.inverse_and_log_det(y, _member_context(t, context))
+        total = total + log_det
+    return y, total
+
+
+class Chain(Bijection):
+    """Compose bijections: forward applies them in order, inverse in reverse order.
+
+    With ``scan=True`` (default) runs of structurally identical layers are stored as one
+    `Stack` each (``chain.transforms`` then holds the stacks) and run with
+    ``jax.lax.scan``, so tracing and compile time do not grow with depth; ``chain.layers``
+    gives the layers one by one either way.
+
+    Args:
+        transforms: The bijections, in the forward (base -> data) order. They must share
+            ``features``; the chain's context size is the largest of theirs, and each
+            conditional member receives the same context.
+        scan: Stack runs of identical layers and scan over them.
+
+    Examples:
+        >>> import jax
+        >>> import pyroflows.numpyro as pfj
+        >>> chain = pfj.Chain([pfj.ActNorm(2), pfj.Reverse(2)])
+    """
+
+    transforms: tuple[Bijection, ...]
+
+    def __init__(self, transforms: Iterable[Bijection], *, scan: bool = True) -> None:
+        transforms = tuple(transforms)
+        self.features, self.context_features = chain_sizes(transforms, "transforms")
+        self.transforms = stack_runs(transforms) if scan else transforms
+
+    @property
+    def layers(self) -> tuple[Bijection, ...]:
+        """The layers one by one (stacks expanded)."""
+        return unstack(self.transforms)
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return chain_forward(self.transforms, x, context)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return chain_inverse(self.transforms, y, context)
+
+
+class Invert(Bijection):
+    """Swap the two directions of a bijection.
+
+    Examples:
+        >>> import jax
+        >>> import pyroflows.numpyro as pfj
+        >>> iaf = pfj.MaskedAutoregressive(3, key=jax.random.key(0))
+        >>> maf_like = pfj.Invert(iaf)
+    """
+
+    bijection: Bijection
+
+    def __init__(self, bijection: Bijection) -> None:
+        if not isinstance(bijection, Bijection):
+            raise TypeError(
+                f"bijection must be a pyroflows Bijection, got {type(bijection).__name__}"
+            )
+        self.features = bijection.features
+        self.context_features = bijection.context_features
+        self.bijection = bijection
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self.bijection.inverse_and_log_det(x, context)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self.bijection.forward_and_log_det(y, context)

@@ -1,0 +1,203 @@
+"""``Flow`` (the module users hold) and ``FlowDistribution`` (what calling it gives).
+
+The JAX twin of `pyroflows.pyro.distributions`. ``Flow`` is an equinox module holding the
+bijections (``flow.transforms``, tree paths ``transforms.3.conditioner.layers.0.weight``)
+and an optional base distribution. ``flow()`` / ``flow(context)`` returns a
+`FlowDistribution`, a subclass of NumPyro's ``TransformedDistribution`` whose
+``log_prob`` is one pass through the chain and whose ``sample_with_intermediates`` carries
+the log-det, so NumPyro's ELBO scores a guide's own samples without the inverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from jax import Array
+from numpyro.distributions import Distribution, TransformedDistribution
+
+from pyroflows.numpyro.core import (
+    Bijection,
+    Chain,
+    chain_sizes,
+    check_context,
+    check_event,
+    stack_runs,
+    unstack,
+)
+
+__all__ = ["Flow", "FlowDistribution"]
+
+
+def _float_dtype(tree: Any):
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if eqx.is_inexact_array(leaf):
+            return leaf.dtype
+    return jnp.result_type(float)
+
+
+class Flow(eqx.Module):
+    """A normalizing flow: a base distribution pushed through a chain of bijections.
+
+    Runs of structurally identical layers (as the recipes build) are stored stacked in
+    `pyroflows.numpyro.core.Stack` blocks and run with ``jax.lax.scan``: ``flow.transforms``
+    holds these blocks, ``flow.layers`` the layers one by one.
+
+    Args:
+        transforms: Bijections in the forward (base -> data) order.
+        base: NumPyro distribution with event shape ``(features,)``; default a standard
+            normal in the dtype of the flow's parameters. The base is held fixed: its
+            arrays pass through ``jax.lax.stop_gradient`` and `pyroflows.numpyro.get_params`
+            leaves them out.
+        scan: Stack runs of identical layers and scan over them (default ``True``).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import pyroflows.numpyro as pfj
+        >>> key = jax.random.key(0)
+        >>> flow = pfj.Flow([pfj.MaskedAutoregressive(2, invert=True, key=key), pfj.Reverse(2)])
+        >>> flow().log_prob(jnp.ones((4, 2))).shape
+        (4,)
+    """
+
+    transforms: tuple[Bijection, ...]
+    base: Distribution | None
+    features: int = eqx.field(static=True)
+    context_features: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        transforms: Iterable[Bijection],
+        base: Distribution | None = None,
+        *,
+        scan: bool = True,
+    ) -> None:
+        transforms = tuple(transforms)
+        self.features, self.context_features = chain_sizes(transforms, "transforms")
+        self.transforms = stack_runs(transforms) if scan else transforms
+        if base is not None:
+            if not isinstance(base, Distribution):
+                raise TypeError(f"base must be a NumPyro Distribution, got {type(base).__name__}")
+            if tuple(base.event_shape) != (self.features,):
+                raise ValueError(
+                    f"base must have event_shape ({self.features},) to match the transforms' "
+                    f"features, got event_shape {tuple(base.event_shape)}"
+                )
+        self.base = base
+
+    @property
+    def layers(self) -> tuple[Bijection, ...]:
+        """The bijections one by one (`pyroflows.numpyro.core.Stack` blocks expanded)."""
+        return unstack(self.transforms)
+
+    def base_distribution(self) -> Distribution:
+        """The base distribution (held fixed: gradients do not flow into it)."""
+        if self.base is None:
+            zeros = jnp.zeros(self.features, _float_dtype(self.transforms))
+            return dist.Normal(zeros, 1.0).to_event(1)
+        return jax.tree_util.tree_map(jax.lax.stop_gradient, self.base)
+
+    def __call__(self, context: Array | None = None) -> FlowDistribution:
+        """The flow's distribution, conditioned on ``context`` if the flow has one."""
+        context = check_context(context, self.context_features)
+        return FlowDistribution(self.base_distribution(), Chain(self.transforms), context)
+
+
+class FlowDistribution(TransformedDistribution):
+    """The distribution of a flow, a NumPyro ``TransformedDistribution``.
+
+    ``log_prob`` runs the chain's inverse once. ``sample_with_intermediates`` returns
+    ``[[base sample, log_det]]`` as intermediates; ``log_prob(x, intermediates)`` then costs
+    no pass at all. The batch shape is the base's broadcast with the context's batch shape.
+
+    Args:
+        base: Base distribution (event shape ``(features,)``).
+        transforms: The bijections, base -> data.
+        context: Context array ``(..., context)`` or ``None``.
+
+    Examples:
+        >>> import jax
+        >>> import pyroflows.numpyro as pfj
+        >>> d = pfj.MAF(features=2, transforms=2, hidden=(8,), key=jax.random.key(0))()
+        >>> x, intermediates = d.sample_with_intermediates(jax.random.key(1), (5,))
+        >>> d.log_prob(x, intermediates).shape  # no pass through the flow
+        (5,)
+    """
+
+    arg_constraints: dict = {}
+    pytree_data_fields = ("chain", "context")
+    pytree_aux_fields = ("features", "context_features")
+
+    def __init__(
+        self,
+        base: Distribution,
+        transforms: Iterable[Bijection],
+        context: Array | None = None,
+        *,
+        validate_args: bool | None = None,
+    ) -> None:
+        self.chain = transforms if isinstance(transforms, Chain) else Chain(transforms)
+        self.features, self.context_features = self.chain.features, self.chain.context_features
+        self.context = check_context(context, self.context_features)
+        if self.context is not None:
+            try:
+                batch = jnp.broadcast_shapes(base.batch_shape, self.context.shape[:-1])
+            except ValueError:
+                raise ValueError(
+                    f"context of shape {tuple(self.context.shape)} has a batch shape that does "
+                    f"not broadcast against the base's batch shape {tuple(base.batch_shape)}"
+                ) from None
+            if batch != tuple(base.batch_shape):
+                base = base.expand(batch)
+        super().__init__(base, self.chain.transform(self.context), validate_args=validate_args)
+
+    @property
+    def bijections(self) -> tuple[Bijection, ...]:
+        """The bijections, base -> data, one by one."""
+        return self.chain.layers
+
+    def rsample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
+        return self.sample(key, sample_shape)
+
+    def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
+        return self.sample_with_intermediates(key, sample_shape)[0]
+
+    def sample_with_intermediates(
+        self, key: Array, sample_shape: tuple[int, ...] = ()
+    ) -> tuple[Array, list]:
+        z = self.base_dist.sample(key, sample_shape)
+        x, log_det = self.chain.forward_and_log_det(z, self.context)
+        return x, [[z, log_det]]
+
+    def sample_and_log_prob(
+        self, key: Array, sample_shape: tuple[int, ...] = ()
+    ) -> tuple[Array, Array]:
+        """Draw samples and their log-density in one forward pass."""
+        x, intermediates = self.sample_with_intermediates(key, sample_shape)
+        return x, self.log_prob(x, intermediates)
+
+    def log_prob(self, value: Array, intermediates: list | None = None) -> Array:
+        if intermediates is not None:
+            z, log_det = intermediates[0]
+            return self.base_dist.log_prob(z) - log_det
+        value = check_event("value", value, self.features)
+        # inside jit even a constant value gives a traced check: only a concrete one can raise
+        finite = jnp.isfinite(value).all()
+        if not isinstance(finite, jax.core.Tracer) and not bool(finite):
+            raise ValueError(
+                f"value holds non-finite entries (NaN or inf); shape {tuple(value.shape)}"
+            )
+        if self.context is not None:
+            try:
+                jnp.broadcast_shapes(value.shape[:-1], self.context.shape[:-1])
+            except ValueError:
+                raise ValueError(
+                    f"value of shape {tuple(value.shape)} and context of shape "
+                    f"{tuple(self.context.shape)} have batch shapes that do not broadcast"
+                ) from None
+        z, log_det = self.chain.inverse_and_log_det(value, self.context)
+        return self.base_dist.log_prob(z) + log_det

@@ -1,0 +1,197 @@
+"""Linear bijections: ActNorm, elementwise scaling, LU-parameterised linear maps, permutations.
+
+The JAX twin of `pyroflows.pyro.linear`; all act on vectors and take no context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from pyroflows import structure
+from pyroflows.numpyro.core import Bijection, _check_size
+
+__all__ = ["ActNorm", "Scale", "LULinear", "Permute", "Reverse"]
+
+
+def _batch_log_det(value: Array, like: Array) -> Array:
+    """A scalar log-det broadcast to the batch shape of ``like``."""
+    return jnp.broadcast_to(value, like.shape[:-1])
+
+
+class ActNorm(Bijection):
+    """Per-feature affine map with data-dependent initialisation (Kingma & Dhariwal, 2018).
+
+    Forward (base -> data): ``y = x * exp(log_scale) + loc``. JAX modules are immutable, so
+    the data-dependent initialisation is explicit: ``layer.initialize(data)`` returns a
+    layer whose inverse maps ``data`` to zero mean and unit variance, and `pyroflows.numpyro.fit`
+    initialises every top-level ``ActNorm`` of a flow from the first batch. ``set_params``
+    marks the layer initialised.
+
+    Args:
+        features: Event size.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import pyroflows.numpyro as pfj
+        >>> data = 5 + 2 * jax.random.normal(jax.random.key(0), (100, 3))
+        >>> layer = pfj.ActNorm(3).initialize(data)
+        >>> z, _ = layer.inverse_and_log_det(data)
+        >>> bool(abs(z.mean()) < 1e-5)
+        True
+    """
+
+    loc: Array
+    log_scale: Array
+    initialized: bool = eqx.field(static=True)
+
+    def __init__(self, features: int, *, initialized: bool = False) -> None:
+        self.features = _check_size("features", features, 1)
+        self.context_features = 0
+        self.loc = jnp.zeros(features)
+        self.log_scale = jnp.zeros(features)
+        self.initialized = bool(initialized)
+
+    def initialize(self, data: Array) -> ActNorm:
+        """A copy with ``loc`` / ``log_scale`` set from ``data`` (``(..., features)``)."""
+        flat = jnp.reshape(jnp.asarray(data), (-1, self.features))
+        if flat.shape[0] < 2:
+            return self
+        std = jnp.std(flat, axis=0, ddof=1)
+        return self.with_values(flat.mean(0), jnp.log(jnp.maximum(std, 1e-6)))
+
+    def with_values(self, loc: Array, log_scale: Array) -> ActNorm:
+        """A copy holding ``loc`` and ``log_scale``, marked initialised."""
+        layer = ActNorm(self.features, initialized=True)
+        return eqx.tree_at(
+            lambda m: (m.loc, m.log_scale),
+            layer,
+            (jnp.asarray(loc, self.loc.dtype), jnp.asarray(log_scale, self.log_scale.dtype)),
+        )
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        y = x * jnp.exp(self.log_scale) + self.loc
+        return y, _batch_log_det(self.log_scale.sum(), x)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        x = (y - self.loc) * jnp.exp(-self.log_scale)
+        return x, _batch_log_det(-self.log_scale.sum(), y)
+
+
+class Scale(Bijection):
+    """Learnable elementwise scaling ``y = x * exp(log_scale)`` (the last layer of NICE).
+
+    Examples:
+        >>> import pyroflows.numpyro as pfj
+        >>> layer = pfj.Scale(4)
+    """
+
+    log_scale: Array
+
+    def __init__(self, features: int) -> None:
+        self.features = _check_size("features", features, 1)
+        self.context_features = 0
+        self.log_scale = jnp.zeros(features)
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return x * jnp.exp(self.log_scale), _batch_log_det(self.log_scale.sum(), x)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return y * jnp.exp(-self.log_scale), _batch_log_det(-self.log_scale.sum(), y)
+
+
+class LULinear(Bijection):
+    """Invertible linear map ``y = L U x + bias`` with L unit-lower and U upper triangular.
+
+    Same parameters as the torch layer: ``lower`` and ``upper`` (``(features, features)``,
+    only the strict triangles are used), ``log_diagonal`` and ``bias``; identity at
+    initialisation; ``log|det| = sum(log_diagonal)``.
+
+    Examples:
+        >>> import pyroflows.numpyro as pfj
+        >>> layer = pfj.LULinear(4)
+    """
+
+    lower: Array
+    upper: Array
+    log_diagonal: Array
+    bias: Array
+
+    def __init__(self, features: int) -> None:
+        self.features = _check_size("features", features, 1)
+        self.context_features = 0
+        self.lower = jnp.zeros((features, features))
+        self.upper = jnp.zeros((features, features))
+        self.log_diagonal = jnp.zeros(features)
+        self.bias = jnp.zeros(features)
+
+    def factors(self) -> tuple[Array, Array]:
+        """The triangular factors ``(L, U)``."""
+        eye = jnp.eye(self.features, dtype=self.lower.dtype)
+        lower = jnp.tril(self.lower, -1) + eye
+        upper = jnp.triu(self.upper, 1) + jnp.diag(jnp.exp(self.log_diagonal))
+        return lower, upper
+
+    def weight(self) -> Array:
+        """The matrix ``L @ U``."""
+        lower, upper = self.factors()
+        return lower @ upper
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        y = x @ self.weight().T + self.bias
+        return y, _batch_log_det(self.log_diagonal.sum(), x)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        lower, upper = self.factors()
+        rows = (y - self.bias).reshape(-1, self.features).T  # (features, batch)
+        z = jax.scipy.linalg.solve_triangular(lower, rows, lower=True, unit_diagonal=True)
+        x = jax.scipy.linalg.solve_triangular(upper, z, lower=False)
+        return x.T.reshape(y.shape), _batch_log_det(-self.log_diagonal.sum(), y)
+
+
+class Permute(Bijection):
+    """Reorder the features: ``y[..., i] = x[..., permutation[i]]``. Log-det 0.
+
+    Args:
+        permutation: A permutation of ``range(features)``; an int ``features`` together
+            with ``seed`` draws one with `pyroflows.structure.permutation`.
+        seed: numpy seed when ``permutation`` is an int.
+
+    Examples:
+        >>> import pyroflows.numpyro as pfj
+        >>> layer = pfj.Permute([2, 0, 1])
+    """
+
+    permutation: Array
+    inverse: Array
+
+    def __init__(self, permutation: Sequence[int] | np.ndarray | int, seed: int = 0) -> None:
+        if isinstance(permutation, int | np.integer):
+            permutation = structure.permutation(int(permutation), seed)
+        permutation = np.asarray(permutation, dtype=np.int64)
+        inverse = structure.inverse_permutation(permutation)
+        self.features = int(permutation.size)
+        self.context_features = 0
+        self.permutation = jnp.asarray(permutation, dtype=jnp.int32)
+        self.inverse = jnp.asarray(inverse, dtype=jnp.int32)
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return jnp.take(x, self.permutation, axis=-1), jnp.zeros(x.shape[:-1], x.dtype)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return jnp.take(y, self.inverse, axis=-1), jnp.zeros(y.shape[:-1], y.dtype)
+
+
+def Reverse(features: int) -> Permute:  # noqa: N802
+    """Reverse the order of the features (a `Permute`).
+
+    Examples:
+        >>> import pyroflows.numpyro as pfj
+        >>> layer = pfj.Reverse(3)
+    """
+    return Permute(np.arange(features)[::-1].copy())
