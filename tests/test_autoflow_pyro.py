@@ -1,4 +1,4 @@
-"""`pyroflows.pyro.AutoFlow`: exact posteriors recovered, every autoguide feature Pyro users rely on.
+"""`pyroflows.pyro.AutoFlow`: exact posteriors recovered, every autoguide feature exercised.
 
 The reference posterior is a conjugate Bayesian linear regression on unstandardised covariates
 with known noise: its posterior is Gaussian in closed form, with standard deviations that differ

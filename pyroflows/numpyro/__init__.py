@@ -12,9 +12,11 @@ Examples:
 from pyroflows.numpyro.autoregressive import MaskedAutoregressive
 from pyroflows.numpyro.core import Bijection, BijectionTransform, Chain, Invert
 from pyroflows.numpyro.coupling import Coupling
+from pyroflows.numpyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
 from pyroflows.numpyro.distributions import Flow, FlowDistribution
 from pyroflows.numpyro.flows import IAF, MAF, NICE, NSF, RealNVP
 from pyroflows.numpyro.image import Logit, bits_per_dim, dequantize
+from pyroflows.numpyro.infer import AutoFlow
 from pyroflows.numpyro.linear import ActNorm, LULinear, Permute, Reverse, Scale
 from pyroflows.numpyro.nn import MADE, MLP
 from pyroflows.numpyro.params import get_params, set_params
@@ -28,6 +30,7 @@ from pyroflows.numpyro.transformers import (
 
 __all__ = [
     "ActNorm",
+    "AutoFlow",
     "AdditiveTransformer",
     "AffineTransformer",
     "Bijection",
@@ -56,6 +59,9 @@ __all__ = [
     "dequantize",
     "fit",
     "get_params",
+    "importance_log_weights",
     "initialize_actnorm",
+    "psis_diagnostic",
     "set_params",
+    "to_inference_data",
 ]

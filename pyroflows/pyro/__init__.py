@@ -11,9 +11,11 @@ Examples:
 from pyroflows.pyro.autoregressive import MaskedAutoregressive
 from pyroflows.pyro.core import Bijection, Chain, ConditionedBijection, Invert
 from pyroflows.pyro.coupling import Coupling
+from pyroflows.pyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
 from pyroflows.pyro.distributions import Flow, FlowDistribution
 from pyroflows.pyro.flows import IAF, MAF, NICE, NSF, RealNVP
 from pyroflows.pyro.image import Logit, bits_per_dim, dequantize
+from pyroflows.pyro.infer import AutoFlow
 from pyroflows.pyro.linear import ActNorm, LULinear, Permute, Reverse, Scale
 from pyroflows.pyro.nn import MADE, MLP
 from pyroflows.pyro.params import get_params, set_params
@@ -27,6 +29,7 @@ from pyroflows.pyro.transformers import (
 
 __all__ = [
     "ActNorm",
+    "AutoFlow",
     "AdditiveTransformer",
     "AffineTransformer",
     "Bijection",
@@ -55,5 +58,8 @@ __all__ = [
     "dequantize",
     "fit",
     "get_params",
+    "importance_log_weights",
+    "psis_diagnostic",
     "set_params",
+    "to_inference_data",
 ]

@@ -1,0 +1,225 @@
+"""`pyroflows.numpyro.AutoFlow`: exact posteriors recovered, every NumPyro autoguide feature.
+
+The same conjugate, badly scaled Bayesian linear regression as the Pyro tests: Gaussian
+posterior in closed form, standard deviations four orders of magnitude apart, intercept and
+slope correlated at -0.96.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
+from numpyro.infer.initialization import init_to_value
+
+import pyroflows.numpyro as pfj
+from pyroflows.numpyro.autoregressive import MaskedAutoregressive
+from pyroflows.numpyro.infer import AutoFlow, FixedAffine
+
+PRIOR_SD = np.array([10.0, 100.0, 100.0])
+NOISE = 0.5
+
+
+def regression_data(n: int = 200, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = np.stack([rng.normal(1000.0, 300.0, n), rng.normal(0.0, 0.01, n)], 1)
+    y = 3.0 + 0.002 * x[:, 0] + 50.0 * x[:, 1] + rng.normal(0.0, NOISE, n)
+    design = np.c_[np.ones(n), x]
+    precision = design.T @ design / NOISE**2 + np.diag(PRIOR_SD**-2.0)
+    cov = np.linalg.inv(precision)
+    mean = cov @ (design.T @ y / NOISE**2)
+    return (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)), mean, cov
+
+
+def regression(x, y=None, subsample_size=None):
+    a = numpyro.sample("a", dist.Normal(0.0, float(PRIOR_SD[0])))
+    b = numpyro.sample("b", dist.Normal(jnp.zeros(2), float(PRIOR_SD[1])).to_event(1))
+    with numpyro.plate("data", x.shape[0], subsample_size=subsample_size) as idx:
+        obs = None if y is None else y[idx]
+        numpyro.sample("y", dist.Normal(a + x[idx] @ b, NOISE), obs=obs)
+
+
+def train(model, guide, *args, steps=300, lr=1e-2, elbo=None, seed=0, **kwargs):
+    svi = SVI(model, guide, numpyro.optim.Adam(lr), elbo or Trace_ELBO())
+    result = svi.run(jax.random.key(seed), steps, *args, progress_bar=False, **kwargs)
+    return result.params, np.asarray(result.losses)
+
+
+def draws(guide, params, num_samples=20000):
+    samples = guide.sample_posterior(jax.random.key(1), params, sample_shape=(num_samples,))
+    return np.c_[np.asarray(samples["a"])[:, None], np.asarray(samples["b"])].astype(np.float64)
+
+
+def assert_matches_gaussian(samples, mean, cov, mean_tol=0.1, sd_tol=0.1, corr_tol=0.08):
+    sd = np.sqrt(np.diag(cov))
+    mean_error = (samples.mean(0) - mean) / sd
+    sd_ratio = samples.std(0) / sd
+    assert np.abs(mean_error).max() < mean_tol, mean_error
+    assert np.abs(sd_ratio - 1).max() < sd_tol, sd_ratio
+    corr = np.corrcoef(samples.T)
+    assert np.abs(corr - cov / np.outer(sd, sd)).max() < corr_tol, corr
+
+
+@pytest.mark.parametrize("flow", ["iaf", "nsf"])
+def test_badly_scaled_conjugate_regression_is_recovered_from_defaults(flow):
+    (x, y), mean, cov = regression_data()
+    sd = np.sqrt(np.diag(cov))
+    assert sd.max() / sd.min() > 1e4  # the test is about a badly scaled posterior
+    guide = AutoFlow(regression, flow=flow)
+    params, losses = train(regression, guide, x, y, steps=300, lr=1e-3)
+    assert np.isfinite(losses).all()
+    assert_matches_gaussian(draws(guide, params), mean, cov)
+
+
+def test_warm_start_is_frozen_and_flow_parameters_train():
+    (x, y), _, _ = regression_data()
+    guide = AutoFlow(regression, transforms=1)
+    params0, _ = train(regression, guide, x, y, steps=1)
+    params1, _ = train(regression, guide, x, y, steps=30)
+    flow0, flow1 = guide.flow(params0), guide.flow(params1)
+    fixed0, fixed1 = flow0.layers[-1], flow1.layers[-1]
+    assert isinstance(fixed1, FixedAffine)
+    np.testing.assert_array_equal(fixed0.loc, fixed1.loc)
+    np.testing.assert_array_equal(fixed0.scale_tril, fixed1.scale_tril)
+    assert not np.array_equal(flow0.layers[-2].log_diagonal, flow1.layers[-2].log_diagonal)
+
+
+def test_fixed_affine_round_trip_and_log_det(jax_x64):
+    key1, key2, key3 = jax.random.split(jax.random.key(0), 3)
+    tril = jnp.tril(jax.random.normal(key1, (3, 3))) + 3 * jnp.eye(3)
+    layer = FixedAffine(jax.random.normal(key2, (3,)), tril)
+    x = jax.random.normal(key3, (4, 2, 3))
+    y, log_det = layer.forward_and_log_det(x)
+    back, inv_log_det = layer.inverse_and_log_det(y)
+    np.testing.assert_allclose(back, x, atol=1e-12)
+    np.testing.assert_allclose(log_det, jnp.linalg.slogdet(tril)[1] * jnp.ones((4, 2)))
+    np.testing.assert_allclose(inv_log_det, -log_det)
+    jac = jax.jacfwd(lambda v: layer.forward_and_log_det(v)[0])(x[0, 0])
+    np.testing.assert_allclose(jnp.linalg.slogdet(jac)[1], log_det[0, 0])
+
+
+@pytest.mark.parametrize(
+    "elbo",
+    [Trace_ELBO(), TraceMeanField_ELBO(), Trace_ELBO(num_particles=8)],
+    ids=["Trace_ELBO", "TraceMeanField_ELBO", "vectorized_particles"],
+)
+def test_elbos_train_the_guide(elbo):
+    (x, y), _, _ = regression_data()
+    guide = AutoFlow(regression, transforms=2, warmup="map")  # not Laplace: training matters
+    _, losses = train(regression, guide, x, y, steps=300, lr=2e-2, elbo=elbo)
+    assert np.isfinite(losses).all()
+    assert losses[-50:].mean() < losses[:10].mean() - 50
+
+
+def test_own_samples_are_scored_without_the_sequential_inverse(monkeypatch):
+    (x, y), _, _ = regression_data()
+    guide = AutoFlow(regression, flow="iaf", transforms=2)
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("the sequential inverse ran")
+
+    monkeypatch.setattr(MaskedAutoregressive, "_sequential", refuse)
+    _, losses = train(regression, guide, x, y, steps=3)
+    assert np.isfinite(losses).all()
+
+
+def test_median_and_quantiles_match_the_exact_posterior():
+    (x, y), mean, cov = regression_data()
+    # the posterior is Gaussian: the Laplace warm start alone is exact, so the Monte Carlo
+    # median and quantiles of the untrained guide must match the closed form
+    guide = AutoFlow(regression, num_samples=4000)
+    params, _ = train(regression, guide, x, y, steps=1, lr=1e-9)
+    sd = np.sqrt(np.diag(cov))
+    median = guide.median(params)
+    assert set(median) == {"a", "b"}
+    assert median["b"].shape == (2,)
+    got = np.r_[np.asarray(median["a"]).reshape(1), np.asarray(median["b"])]
+    assert np.abs((got - mean) / sd).max() < 0.1
+    quantiles = guide.quantiles(params, [0.05, 0.95])
+    assert quantiles["b"].shape == (2, 2)
+    low = np.r_[quantiles["a"][0], quantiles["b"][0]]
+    high = np.r_[quantiles["a"][1], quantiles["b"][1]]
+    np.testing.assert_allclose((low - mean) / sd, -1.645, atol=0.1)
+    np.testing.assert_allclose((high - mean) / sd, 1.645, atol=0.1)
+    with pytest.raises(ValueError, match="quantiles"):
+        guide.quantiles(params, [0.5, 1.5])
+
+
+def test_predictive_draws_every_site_from_the_guide():
+    (x, y), mean, _ = regression_data()
+    guide = AutoFlow(regression, transforms=1)
+    params, _ = train(regression, guide, x, y, steps=1, lr=1e-9)
+    predictive = Predictive(
+        regression, guide=guide, params=params, num_samples=30, return_sites=["a", "b", "y"]
+    )
+    samples = predictive(jax.random.key(2), x)
+    assert samples["a"].shape == (30,)
+    assert samples["b"].shape == (30, 2)
+    assert samples["y"].shape == (30, 200)
+    fitted = mean[0] + np.asarray(x, np.float64) @ mean[1:]
+    assert np.abs(np.asarray(samples["y"]).mean(0) - fitted).max() < 4 * NOISE / np.sqrt(30)
+
+
+def test_subsampled_plate():
+    (x, y), mean, cov = regression_data()
+    guide = AutoFlow(regression, transforms=2)
+    params, losses = train(regression, guide, x, y, steps=300, lr=5e-3, subsample_size=50)
+    assert np.isfinite(losses).all()
+    samples = draws(guide, params)
+    # minibatch gradients are noisy: only the location is checked, loosely
+    assert np.abs((samples.mean(0) - mean) / np.sqrt(np.diag(cov))).max() < 1.0
+
+
+def test_init_loc_fn_sets_the_start_without_warm_up():
+    def model():
+        numpyro.sample("x", dist.Normal(jnp.zeros(2), 1.0).to_event(1))
+        numpyro.sample("s", dist.LogNormal(0.0, 1.0))
+
+    start = {"x": jnp.array([1.0, -2.0]), "s": jnp.array(3.0)}
+    guide = AutoFlow(model, warmup=None, init_loc_fn=init_to_value(values=start), init_scale=0.01)
+    params, _ = train(model, guide, steps=1, lr=1e-9)
+    median = guide.median(params)
+    np.testing.assert_allclose(median["x"], start["x"], atol=0.05)
+    np.testing.assert_allclose(median["s"], start["s"], atol=0.1)
+
+
+def test_a_callable_flow_and_its_checks():
+    def model():
+        numpyro.sample("x", dist.Normal(jnp.zeros(3), 1.0).to_event(1))
+
+    guide = AutoFlow(model, flow=lambda d, key: pfj.RealNVP(d, transforms=2, hidden=(8,), key=key))
+    train(model, guide, steps=2)
+    assert guide.latent_dim == 3
+    bad = AutoFlow(model, flow=lambda d, key: pfj.MAF(d + 1, transforms=1, hidden=(4,), key=key))
+    with pytest.raises(ValueError, match="features=3"):
+        train(model, bad, steps=1)
+    with pytest.raises(ValueError, match="flow must be one of"):
+        AutoFlow(model, flow="glow2")
+    with pytest.raises(ValueError, match="warmup"):
+        AutoFlow(model, warmup="newton")
+    with pytest.raises(ValueError, match="init_scale"):
+        AutoFlow(model, init_scale=0.0)
+
+
+def test_neutra_reparam_runs_nuts_on_the_warped_space():
+    from numpyro.infer.reparam import NeuTraReparam
+
+    def funnel():
+        v = numpyro.sample("v", dist.Normal(0.0, 3.0))
+        numpyro.sample("x", dist.Normal(jnp.zeros(2), jnp.exp(v / 2)).to_event(1))
+
+    guide = AutoFlow(funnel, transforms=2)
+    params, _ = train(funnel, guide, steps=200, lr=5e-3)
+    neutra = NeuTraReparam(guide, params)
+    mcmc = MCMC(NUTS(neutra.reparam(funnel)), num_warmup=50, num_samples=50, progress_bar=False)
+    mcmc.run(jax.random.key(3))
+    latent = mcmc.get_samples()["auto_shared_latent"]
+    assert latent.shape == (50, 3)
+    samples = neutra.transform_sample(latent)
+    assert samples["v"].shape == (50,)
+    assert samples["x"].shape == (50, 2)
+    assert np.isfinite(samples["v"]).all() and np.isfinite(samples["x"]).all()
