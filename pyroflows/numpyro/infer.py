@@ -222,10 +222,20 @@ class AutoFlow(AutoContinuous):
         return best_z
 
     def _warm_start(self, init: Array) -> tuple[Array, Array]:
+        """Location and Cholesky factor of the frozen Gaussian under the flow.
+
+        Candidates: the ``init_loc_fn`` point with ``init_scale`` (always), the MAP with
+        ``init_scale`` (``warmup="map"`` or ``"laplace"``) and the Laplace approximation at
+        the MAP (``"laplace"``). The one with the highest Monte Carlo ELBO wins (recorded in
+        ``self.warm_start_``), so a posterior without a MAP (a funnel, where the search runs
+        off to a singularity) falls back to a sound start instead of a degenerate one.
+        """
         d = self.latent_dim
         eye = jnp.eye(d, dtype=init.dtype)
+        candidates = {"init": (init, self._init_scale * eye)}
+        self.warm_start_ = "init"
         if self._warmup is None:
-            return init, self._init_scale * eye
+            return candidates["init"]
         if isinstance(init, jax.core.Tracer):
             warnings.warn(
                 "AutoFlow was first called under a JAX transformation (jit/vmap), so the MAP "
@@ -233,26 +243,38 @@ class AutoFlow(AutoContinuous):
                 "guide once) outside jit to get the Laplace warm start.",
                 stacklevel=3,
             )
-            return init, self._init_scale * eye
+            return candidates["init"]
         z = self._map(init)
-        if self._warmup == "map":
-            return z, self._init_scale * eye
+        candidates["map"] = (z, self._init_scale * eye)
+        if self._warmup == "laplace":
+            candidates["laplace"] = (z, self._laplace(z))
+        scores = {name: self._gaussian_elbo(*c) for name, c in candidates.items()}
+        self.warm_start_ = max(scores, key=lambda name: scores[name])
+        return candidates[self.warm_start_]
+
+    def _laplace(self, z: Array) -> Array:
+        """Cholesky factor of the inverse Hessian of the potential at ``z`` (or a diagonal)."""
+        eye = jnp.eye(self.latent_dim, dtype=z.dtype)
         hessian = jax.jit(jax.hessian(self._potential))(z)
         hessian = 0.5 * (hessian + hessian.T)
         precision_tril = jnp.linalg.cholesky(hessian)
-        scale_tril = None
         if bool(jnp.isfinite(precision_tril).all()):
             cov = jax.scipy.linalg.cho_solve((precision_tril, True), eye)
             scale_tril = jnp.linalg.cholesky(0.5 * (cov + cov.T))
-            if not bool(jnp.isfinite(scale_tril).all()):
-                scale_tril = None
-        if scale_tril is None:
-            # not at a strict maximum (a funnel, a flat direction): a diagonal fallback
-            diag = jnp.diagonal(hessian)
-            ok = jnp.isfinite(diag) & (diag > 0)
-            scale = jnp.where(ok, jax.lax.rsqrt(jnp.maximum(diag, 1e-12)), self._init_scale)
-            scale_tril = jnp.diag(jnp.minimum(scale, 1e3))
-        return z, scale_tril
+            if bool(jnp.isfinite(scale_tril).all()):
+                return scale_tril
+        # not at a strict maximum (a funnel, a flat direction): a diagonal fallback
+        diag = jnp.diagonal(hessian)
+        ok = jnp.isfinite(diag) & (diag > 0)
+        scale = jnp.where(ok, jax.lax.rsqrt(jnp.maximum(diag, 1e-12)), self._init_scale)
+        return jnp.diag(jnp.minimum(scale, 1e3))
+
+    def _gaussian_elbo(self, loc: Array, scale_tril: Array, draws: int = 256) -> float:
+        """ELBO (up to a constant) of ``Normal(loc, scale_tril scale_tril^T)``, common draws."""
+        eps = jax.random.normal(jax.random.key(0), (draws, self.latent_dim), loc.dtype)
+        potential = jax.jit(jax.vmap(self._potential))(loc + eps @ scale_tril.T)
+        value = float(-potential.mean() + jnp.log(jnp.abs(jnp.diagonal(scale_tril))).sum())
+        return value if np.isfinite(value) else -np.inf
 
     # ------------------------------------------------------------------ posterior
     def get_base_dist(self) -> dist.Distribution:

@@ -243,32 +243,57 @@ class AutoFlow(AutoContinuous):
         return best_z
 
     def _warm_start(self, init: torch.Tensor, args, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        d = self.latent_dim
-        eye = torch.eye(d, dtype=init.dtype, device=init.device)
+        """Location and Cholesky factor of the frozen Gaussian under the flow.
+
+        Candidates: the ``init_loc_fn`` point with ``init_scale`` (always), the MAP with
+        ``init_scale`` (``warmup="map"`` or ``"laplace"``) and the Laplace approximation at
+        the MAP (``"laplace"``). The one with the highest Monte Carlo ELBO wins (recorded in
+        ``self.warm_start_``), so a posterior without a MAP (a funnel, where the search runs
+        off to a singularity) falls back to a sound start instead of a degenerate one.
+        """
+        eye = torch.eye(self.latent_dim, dtype=init.dtype, device=init.device)
+        candidates = {"init": (init.detach(), self._init_scale * eye)}
+        self.warm_start_ = "init"
         if self._warmup is None:
-            return init, self._init_scale * eye
+            return candidates["init"]
         z = self._map(init, args, kwargs)
-        if self._warmup == "map":
-            return z, self._init_scale * eye
+        candidates["map"] = (z, self._init_scale * eye)
+        if self._warmup == "laplace":
+            candidates["laplace"] = (z, self._laplace(z, args, kwargs))
+        scores = {name: self._gaussian_elbo(*c, args, kwargs) for name, c in candidates.items()}
+        self.warm_start_ = max(scores, key=lambda name: scores[name])
+        return candidates[self.warm_start_]
+
+    def _laplace(self, z: torch.Tensor, args, kwargs) -> torch.Tensor:
+        """Cholesky factor of the inverse Hessian of the potential at ``z`` (or a diagonal)."""
         hessian = torch.autograd.functional.hessian(
             lambda v: self._safe_potential(v, args, kwargs), z
         )
         hessian = 0.5 * (hessian + hessian.T)
         try:
             precision_tril = torch.linalg.cholesky(hessian)
-            # covariance = H^-1 = (C C^T)^-1; its Cholesky factor from the inverse of C^T
-            cov = torch.cholesky_inverse(precision_tril)
-            scale_tril = torch.linalg.cholesky(cov)
-            if not torch.isfinite(scale_tril).all():
-                raise RuntimeError("non-finite Laplace factor")
+            # covariance = H^-1 = (C C^T)^-1, then its own Cholesky factor
+            scale_tril = torch.linalg.cholesky(torch.cholesky_inverse(precision_tril))
+            if torch.isfinite(scale_tril).all():
+                return scale_tril
         except RuntimeError:
-            # not at a strict maximum (a funnel, a flat direction): a diagonal fallback
-            diag = hessian.diagonal()
-            scale = torch.where(
-                torch.isfinite(diag) & (diag > 0), diag.clamp_min(1e-12).rsqrt(), self._init_scale
-            )
-            scale_tril = torch.diag(scale.clamp(max=1e3))
-        return z, scale_tril
+            pass
+        # not at a strict maximum (a funnel, a flat direction): a diagonal fallback
+        diag = hessian.diagonal()
+        scale = torch.where(
+            torch.isfinite(diag) & (diag > 0), diag.clamp_min(1e-12).rsqrt(), self._init_scale
+        )
+        return torch.diag(scale.clamp(max=1e3))
+
+    @torch.no_grad()
+    def _gaussian_elbo(self, loc, scale_tril, args, kwargs, draws: int = 64) -> float:
+        """ELBO (up to a constant) of ``Normal(loc, scale_tril scale_tril^T)``, common draws."""
+        generator = torch.Generator(device=loc.device).manual_seed(0)
+        eps = torch.randn(draws, self.latent_dim, generator=generator, dtype=loc.dtype)
+        points = loc + eps.to(loc.device) @ scale_tril.T
+        potential = torch.stack([self._safe_potential(p, args, kwargs) for p in points])
+        value = float(-potential.mean() + scale_tril.diagonal().abs().log().sum())
+        return value if math.isfinite(value) else -math.inf
 
     # ------------------------------------------------------------------ posterior
     def get_base_dist(self) -> dist.Distribution:
