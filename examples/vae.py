@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import pickle
 import time
 from pathlib import Path
 
@@ -57,42 +56,12 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from torch import Tensor, nn
 from torch.nn import functional as F
+from vae_data import MIXTURE, ROOT, load
 
 import pyroflows.pyro as pf
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-# --------------------------------------------------------------------------- data
-def load(dataset: str, data_dir: Path) -> dict:
-    """Train / validation / test splits and the data set's settings."""
-    if dataset == "digits":
-        from sklearn.datasets import load_digits
-
-        images = (load_digits().data / 16.0 > 0.5).astype(np.float32)
-        order = np.random.default_rng(0).permutation(len(images))
-        train, valid, test = np.split(images[order], [1300, 1500])
-        return dict(
-            train=train, valid=valid, test=test, shape=(8, 8), latent=8, hidden=256,
-            likelihood="bernoulli",
-        )  # fmt: skip
-    path = data_dir / "freyfaces" / "freyfaces.pkl"
-    if not path.is_file():
-        raise SystemExit(f"Frey Faces not found at {path}: pass --data (the shared data folder)")
-    with path.open("rb") as f:
-        images = np.asarray(pickle.load(f, encoding="latin1")[0], dtype=np.float32)
-    order = np.random.default_rng(123).permutation(len(images))
-    train, valid, test = np.split(images[order], [1565, 1765])
-    return dict(
-        train=train, valid=valid, test=test, shape=(28, 20), latent=64, hidden=512,
-        likelihood="categorical256",
-    )  # fmt: skip
-
 
 # --------------------------------------------------------------------------- likelihoods
-MIXTURE = 3  # logistic components per pixel for the 256-way categorical
-
-
 def _log_bins(params: Tensor, values: Tensor, levels: int = 256) -> Tensor:
     """Log-probability of pixel ``values`` (integers 0..levels-1, broadcast against
     ``params[..., 0]``) under a discretized mixture of logistics.

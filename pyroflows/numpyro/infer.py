@@ -245,12 +245,32 @@ class AutoFlow(AutoContinuous):
             )
             return candidates["init"]
         z = self._map(init)
+        if not self._is_mode(z):
+            warnings.warn(
+                "AutoFlow: the MAP search did not reach a mode (the posterior may have none, "
+                "as a funnel); the guide starts from init_loc_fn with init_scale instead of the "
+                "Laplace approximation, so give SVI more steps or a larger learning rate.",
+                stacklevel=3,
+            )
+            return candidates["init"]
         candidates["map"] = (z, self._init_scale * eye)
         if self._warmup == "laplace":
             candidates["laplace"] = (z, self._laplace(z))
         scores = {name: self._gaussian_elbo(*c) for name, c in candidates.items()}
         self.warm_start_ = max(scores, key=lambda name: scores[name])
         return candidates[self.warm_start_]
+
+    def _is_mode(self, z: Array, tolerance: float = 0.1) -> bool:
+        """Whether ``z`` is a strict local mode: positive definite Hessian and a Newton
+        decrement ``g^T H^-1 g`` below ``tolerance`` (scale-free: half of it is the
+        quadratic model's gap to the mode, in nats)."""
+        grad = jax.jit(jax.grad(self._potential))(z)
+        hessian = jax.jit(jax.hessian(self._potential))(z)
+        factor = jnp.linalg.cholesky(0.5 * (hessian + hessian.T))
+        if not (bool(jnp.isfinite(factor).all()) and bool(jnp.isfinite(grad).all())):
+            return False
+        step = jax.scipy.linalg.cho_solve((factor, True), grad)
+        return float(grad @ step) < tolerance
 
     def _laplace(self, z: Array) -> Array:
         """Cholesky factor of the inverse Hessian of the potential at ``z`` (or a diagonal)."""

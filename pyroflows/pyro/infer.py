@@ -17,6 +17,7 @@ where a flow on the raw unconstrained space stalls.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import pyro.distributions as dist
@@ -25,6 +26,7 @@ from pyro import poutine
 from pyro.distributions.transforms import ComposeTransformModule, biject_to
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
+from pyro.poutine.util import site_is_subsample
 
 from pyroflows.pyro import flows as recipes
 from pyroflows.pyro.core import Bijection
@@ -109,6 +111,7 @@ class AutoFlow(AutoContinuous):
         self._warmup = warmup
         self._warmup_steps = int(warmup_steps)
         self.num_samples = int(num_samples)
+        self._subsamples = None
         super().__init__(model, init_loc_fn=init_loc_fn)
 
     # ------------------------------------------------------------------ set-up
@@ -130,8 +133,10 @@ class AutoFlow(AutoContinuous):
         super()._setup_prototype(*args, **kwargs)
         flow = self._build_flow()
         init = self._init_loc()
+        self._fix_subsamples(args, kwargs)
         with torch.enable_grad():  # the MAP search differentiates the model
             loc, scale_tril = self._warm_start(init, args, kwargs)
+        self._subsamples = None
         standardise = FixedAffine(loc.detach(), scale_tril.detach())
         layers = [*flow.transforms, LULinear(self.latent_dim), standardise]
         self.flow = Flow(layers).to(dtype=init.dtype, device=init.device)
@@ -145,11 +150,21 @@ class AutoFlow(AutoContinuous):
             values[site["name"]] = value
             ld = transform.log_abs_det_jacobian(unconstrained, value)
             log_det = log_det + ld.sum()
+        model = poutine.condition(self.model, data=values)
+        if self._subsamples is not None:  # one fixed minibatch: a deterministic potential
+            model = poutine.replay(model, trace=self._subsamples)
         with poutine.block():
-            trace = poutine.trace(poutine.condition(self.model, data=values)).get_trace(
-                *args, **kwargs
-            )
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
         return -(trace.log_prob_sum() + log_det)
+
+    def _fix_subsamples(self, args, kwargs) -> None:
+        """Record the plates' subsample indices of one model run (``None`` if none)."""
+        with poutine.block(), torch.no_grad():
+            trace = poutine.trace(self.model).get_trace(*args, **kwargs)
+        for name in list(trace.nodes):
+            if not site_is_subsample(trace.nodes[name]):
+                trace.remove_node(name)
+        self._subsamples = trace if trace.nodes else None
 
     def _safe_potential(self, latent: torch.Tensor, args, kwargs) -> torch.Tensor:
         try:
@@ -257,12 +272,37 @@ class AutoFlow(AutoContinuous):
         if self._warmup is None:
             return candidates["init"]
         z = self._map(init, args, kwargs)
+        if not self._is_mode(z, args, kwargs):
+            warnings.warn(
+                "AutoFlow: the MAP search did not reach a mode (the posterior may have none, "
+                "as a funnel); the guide starts from init_loc_fn with init_scale instead of the "
+                "Laplace approximation, so give SVI more steps or a larger learning rate.",
+                stacklevel=3,
+            )
+            return candidates["init"]
         candidates["map"] = (z, self._init_scale * eye)
         if self._warmup == "laplace":
             candidates["laplace"] = (z, self._laplace(z, args, kwargs))
         scores = {name: self._gaussian_elbo(*c, args, kwargs) for name, c in candidates.items()}
         self.warm_start_ = max(scores, key=lambda name: scores[name])
         return candidates[self.warm_start_]
+
+    def _is_mode(self, z: torch.Tensor, args, kwargs, tolerance: float = 0.1) -> bool:
+        """Whether ``z`` is a strict local mode: positive definite Hessian and a Newton
+        decrement ``g^T H^-1 g`` below ``tolerance`` (scale-free: half of it is the
+        quadratic model's gap to the mode, in nats)."""
+
+        def potential(v):
+            return self._safe_potential(v, args, kwargs)
+
+        point = z.detach().clone().requires_grad_(True)
+        grad = torch.autograd.grad(potential(point), point)[0]
+        hessian = torch.autograd.functional.hessian(potential, z.detach())
+        factor, info = torch.linalg.cholesky_ex(0.5 * (hessian + hessian.T))
+        if int(info) != 0 or not torch.isfinite(grad).all():
+            return False
+        step = torch.cholesky_solve(grad.unsqueeze(-1), factor).squeeze(-1)
+        return float(grad @ step) < tolerance
 
     def _laplace(self, z: torch.Tensor, args, kwargs) -> torch.Tensor:
         """Cholesky factor of the inverse Hessian of the potential at ``z`` (or a diagonal)."""

@@ -1,0 +1,225 @@
+"""`vae.py` in JAX + NumPyro: a VAE with an amortized IAF posterior against a Gaussian one.
+
+Same data sets, splits, networks, likelihoods, KL warm-up, optimiser (Adamax 1e-3), early
+stopping and report as ``examples/vae.py``; the networks are equinox MLPs registered with
+``numpyro.contrib.module.eqx_module`` and the guide is::
+
+    loc, scale, h = eqx_module("encoder", encoder)(x)
+    with numpyro.plate("data", len(x)):
+        numpyro.sample("z", eqx_module("iaf", iaf)(loc, scale, h))
+
+with ``iaf = pyroflows.numpyro.AmortizedIAF(...)``. NumPyro's ELBO draws the guide's
+sample with ``sample_with_intermediates`` and scores it without the IAF's inverse.
+
+Run from the repository root::
+
+    python examples/vae_numpyro.py                    # digits, both posteriors
+    python examples/vae_numpyro.py --dataset freyfaces --epochs 300
+    python examples/vae_numpyro.py --quick            # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+from numpyro.contrib.module import eqx_module
+from numpyro.infer import SVI, Trace_ELBO
+from vae_data import MIXTURE, ROOT, load
+
+import pyroflows.numpyro as pfj
+
+LEVELS = 256
+
+
+def log_bins(params: jax.Array, values: jax.Array) -> jax.Array:
+    """Log-probability of pixel ``values`` under a discretized logistic mixture (see vae.py)."""
+    logit_pi, mu, log_s = jnp.split(params, 3, axis=-1)
+    log_s = jnp.maximum(log_s, -7.0)
+    half = 1.0 / (LEVELS - 1)
+    x = (2.0 * values / (LEVELS - 1) - 1.0)[..., None]
+    c = x - mu
+    inv_s = jnp.exp(-log_s)
+    plus, minus, mid = inv_s * (c + half), inv_s * (c - half), inv_s * c
+    log_cdf_plus = -jax.nn.softplus(-plus)
+    log_sf_minus = -jax.nn.softplus(minus)
+    delta = jax.nn.sigmoid(plus) - jax.nn.sigmoid(minus)
+    log_pdf_mid = mid - log_s - 2.0 * jax.nn.softplus(mid) + math.log(2 * half)
+    log_mid = jnp.where(delta > 1e-5, jnp.log(jnp.maximum(delta, 1e-12)), log_pdf_mid)
+    x = jnp.broadcast_to(x, log_mid.shape)
+    log_b = jnp.where(x < -0.999, log_cdf_plus, jnp.where(x > 0.999, log_sf_minus, log_mid))
+    return jax.nn.logsumexp(log_b + jax.nn.log_softmax(logit_pi, -1), axis=-1)
+
+
+class DiscretizedLogisticMixture(dist.Distribution):
+    """A 256-way categorical per pixel from a logistic mixture (log_prob of observed bins)."""
+
+    support = dist.constraints.integer_interval(0, LEVELS - 1)
+
+    def __init__(self, params: jax.Array) -> None:
+        self.params = params
+        super().__init__(params.shape[:-2], params.shape[-2:-1], validate_args=False)
+
+    def log_prob(self, value: jax.Array) -> jax.Array:
+        return log_bins(self.params, value).sum(-1)
+
+    def sample(self, key, sample_shape=()):
+        raise NotImplementedError("only scoring is needed here")
+
+
+def likelihood(kind: str, out: jax.Array) -> dist.Distribution:
+    if kind == "bernoulli":
+        return dist.Bernoulli(logits=out).to_event(1)
+    return DiscretizedLogisticMixture(out.reshape(*out.shape[:-1], -1, 3 * MIXTURE))
+
+
+class MLP(eqx.Module):
+    """An MLP with ELU that maps the last axis (any batch shape)."""
+
+    net: eqx.nn.MLP
+
+    def __init__(self, sizes: list[int], key: jax.Array) -> None:
+        self.net = eqx.nn.MLP(sizes[0], sizes[-1], sizes[1], len(sizes) - 2, jax.nn.elu, key=key)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        flat = x.reshape(-1, x.shape[-1])
+        return jax.vmap(self.net)(flat).reshape(*x.shape[:-1], -1)
+
+
+class Encoder(eqx.Module):
+    mlp: MLP
+    sizes: tuple[int, int, int] = eqx.field(static=True)
+    rescale: bool = eqx.field(static=True)
+
+    def __init__(self, pixels, hidden, latent, context, rescale, key) -> None:
+        self.sizes = (latent, latent, context)
+        self.rescale = rescale
+        self.mlp = MLP([pixels, hidden, hidden, 2 * latent + context], key)
+
+    def __call__(self, x):
+        x = x / 127.5 - 1.0 if self.rescale else x
+        loc, raw, h = jnp.split(self.mlp(x), np.cumsum(self.sizes)[:2], axis=-1)
+        return loc, jax.nn.softplus(raw) + 1e-4, h
+
+
+def build(settings: dict, posterior: str, key: jax.Array):
+    pixels = int(np.prod(settings["shape"]))
+    latent, hidden, kind = settings["latent"], settings["hidden"], settings["likelihood"]
+    out = pixels if kind == "bernoulli" else pixels * 3 * MIXTURE
+    context = 2 * latent if posterior == "iaf" else 0
+    k1, k2, k3 = jax.random.split(key, 3)
+    encoder = Encoder(pixels, hidden, latent, context, kind != "bernoulli", k1)
+    decoder = MLP([latent, hidden, hidden, out], k2)
+    iaf = (
+        pfj.AmortizedIAF(latent, context, transforms=2, hidden=(hidden, hidden), key=k3)
+        if posterior == "iaf"
+        else None
+    )
+
+    def model(x, beta=1.0):
+        dec = eqx_module("decoder", decoder)
+        with numpyro.plate("data", x.shape[0]):
+            with numpyro.handlers.scale(scale=beta):
+                z = numpyro.sample("z", dist.Normal(jnp.zeros(latent), 1.0).to_event(1))
+            numpyro.sample("x", likelihood(kind, dec(z)), obs=x)
+
+    def guide(x, beta=1.0):
+        loc, scale, h = eqx_module("encoder", encoder)(x)
+        if iaf is None:
+            q = dist.Normal(loc, scale).to_event(1)
+        else:
+            q = eqx_module("iaf", iaf)(loc, scale, h)
+        with numpyro.plate("data", x.shape[0]), numpyro.handlers.scale(scale=beta):
+            numpyro.sample("z", q)
+
+    return model, guide, dict(encoder=encoder, decoder=decoder, iaf=iaf, latent=latent)
+
+
+def elbo_loss(elbo: Trace_ELBO, model, guide):
+    """``(params, key, x) -> negative ELBO summed over x`` (beta = 1)."""
+    return lambda params, key, x: elbo.loss(key, params, model, guide, x)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=["digits", "freyfaces"], default="digits")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--posteriors", nargs="+", default=["gaussian", "iaf"])
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--patience", type=int, default=50)
+    parser.add_argument("--particles", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+
+    data = load(args.dataset, args.data)
+    epochs = args.epochs or (3 if args.quick else 200 if args.dataset == "digits" else 300)
+    warmup = args.warmup if args.warmup is not None else min(epochs // 4, 50)
+    particles = 2 if args.quick else args.particles
+    pixels = int(np.prod(data["shape"]))
+    train_x, valid_x, test_x = (jnp.asarray(data[k]) for k in ("train", "valid", "test"))
+    print(
+        f"{args.dataset}: {len(train_x)} train / {len(valid_x)} valid / {len(test_x)} test "
+        f"images of {pixels} pixels, latent {data['latent']}; {epochs} epochs, "
+        f"KL warm-up {warmup}"
+    )
+    results = {}
+    for posterior in args.posteriors:
+        key = jax.random.key(args.seed)
+        model, guide, _ = build(data, posterior, key)
+        svi = SVI(model, guide, numpyro.optim.optax_to_numpyro(optax.adamax(1e-3)), Trace_ELBO())
+        state = svi.init(jax.random.key(args.seed + 1), train_x[:100])
+        update = jax.jit(svi.update)
+        evaluate = jax.jit(elbo_loss(Trace_ELBO(num_particles=1), model, guide))
+        evaluate_test = jax.jit(elbo_loss(Trace_ELBO(num_particles=particles), model, guide))
+        rng = np.random.default_rng(args.seed)
+        best, best_params, best_epoch = math.inf, None, 0
+        start = time.perf_counter()
+        for epoch in range(1, epochs + 1):
+            beta = min(1.0, epoch / max(1, warmup))
+            order = rng.permutation(len(train_x))
+            total = 0.0
+            for i in range(0, len(order), 100):
+                state, loss = update(state, train_x[order[i : i + 100]], beta)
+                total += float(loss)
+            params = svi.get_params(state)
+            valid = float(evaluate(params, jax.random.key(epoch), valid_x)) / len(valid_x)
+            if valid < best and beta == 1.0:
+                best, best_params, best_epoch = valid, params, epoch
+            if epoch % max(1, epochs // 10) == 0 or epoch == epochs:
+                print(f"  {posterior}: epoch {epoch:4d}  train {total / len(train_x):9.2f}  "
+                      f"valid {valid:9.2f}  beta {beta:.2f}")  # fmt: skip
+            if beta == 1.0 and epoch - best_epoch > args.patience:
+                print(f"  early stop at epoch {epoch} (best validation at {best_epoch})")
+                break
+        seconds = time.perf_counter() - start
+        params = best_params if best_params is not None else svi.get_params(state)
+        nats = sum(
+            float(evaluate_test(params, jax.random.key(10_000 + i), test_x[i : i + 20]))
+            for i in range(0, len(test_x), 20)
+        ) / len(test_x)
+        results[posterior] = dict(
+            nats=nats, bits_per_dim=nats / (pixels * math.log(2)), seconds=seconds,
+            best_epoch=best_epoch,
+        )  # fmt: skip
+    print(f"\ntest negative ELBO ({particles} draws per image), lower is better:")
+    print("| posterior | nats / image | bits / dim | best epoch | train time |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['nats']:.2f} | {r['bits_per_dim']:.3f} | {r['best_epoch']} | "
+              f"{r['seconds']:.0f} s |")  # fmt: skip
+    return results
+
+
+if __name__ == "__main__":
+    main()
