@@ -82,9 +82,9 @@ def scores(draws: np.ndarray, reference: np.ndarray) -> tuple[float, float, floa
     return float(error.max()), float(ratio.min()), float(ratio.max())
 
 
-def run_nuts(model, args, key, warmup: int, samples: int, chains: int) -> MCMC:
+def run_nuts(model, args, key, warmup: int, samples: int, chains: int, depth: int = 10) -> MCMC:
     mcmc = MCMC(
-        NUTS(model, target_accept_prob=0.8),
+        NUTS(model, target_accept_prob=0.8, max_tree_depth=depth),
         num_warmup=warmup,
         num_samples=samples,
         num_chains=chains,
@@ -111,20 +111,24 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
 
     start = time.perf_counter()
-    plain = run_nuts(centered, (y, sigma), keys[0], samples, samples, chains)
+    depth = 4 if args.quick else 10
+    plain = run_nuts(centered, (y, sigma), keys[0], samples, samples, chains, depth)
     results["NUTS, centered"] = (plain, time.perf_counter() - start)
 
     start = time.perf_counter()
     # No MAP exists (the density grows without bound as tau -> 0), so AutoFlow starts from
     # init_loc_fn (it warns): a larger, decaying learning rate and 8 particles. A spline flow
     # fits the funnel far better than an affine IAF here (see examples/README.md).
-    guide = pfj.AutoFlow(centered, flow="nsf")
+    small = dict(flow="iaf", transforms=1, hidden=(16, 16)) if args.quick else {}
+    guide = pfj.AutoFlow(centered, **{"flow": "nsf", **small})
     schedule = optax.exponential_decay(1e-2, steps, 0.01)
     svi = SVI(centered, guide, numpyro.optim.Adam(schedule), Trace_ELBO(num_particles=8))
     params = svi.run(keys[1], steps, y, sigma, progress_bar=False).params
     k_hat = pfj.psis_diagnostic(centered, guide, y, sigma, params=params, key=keys[2])
     neutra = NeuTraReparam(guide, params)
-    warped = run_nuts(neutra.reparam(centered), (y, sigma), keys[3], samples, samples, chains)
+    warped = run_nuts(
+        neutra.reparam(centered), (y, sigma), keys[3], samples, samples, chains, depth
+    )
     results["NeuTra NUTS (AutoFlow NSF)"] = (warped, time.perf_counter() - start)
 
     print(f"reference: {len(reference)} posteriordb draws; {chains} chains x {samples} draws each")
