@@ -54,15 +54,12 @@ def test_example_quick_run(script: str, figure: str, backend: str, tmp_path: Pat
 INFERENCE_SCRIPTS = [
     ("vae.py", "torch", "| iaf |"),
     ("vae_numpyro.py", "numpyro", "| iaf |"),
-    ("neutra_eight_schools.py", "numpyro", "| NeuTra NUTS"),
 ]
 
 
 @pytest.mark.parametrize(("script", "backend", "marker"), INFERENCE_SCRIPTS)
 def test_inference_example_quick_run(script: str, backend: str, marker: str, tmp_path: Path):
     pytest.importorskip(backend)
-    if script.startswith("neutra") and not (EXAMPLES.parent.parent / "shared" / "data").is_dir():
-        pytest.skip("the shared posteriordb data (../shared/data) is not present")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / script), "--quick"],
