@@ -122,6 +122,9 @@ class AutoFlow(AutoContinuous):
         d = self.latent_dim
         if isinstance(self._flow_spec, str):
             kwargs = {"transforms": 3, "hidden": _default_hidden(d), **self._flow_kwargs}
+            if self._flow_spec.lower() == "nsf":
+                # spline coupling samples in one pass (the autoregressive NSF is MAF-direction)
+                kwargs.setdefault("mode", "coupling")
             return RECIPES[self._flow_spec.lower()](d, key=key, **kwargs)
         flow = self._flow_spec(d, key)
         if not isinstance(flow, Flow) or flow.features != d or flow.context_features:

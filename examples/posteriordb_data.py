@@ -1,0 +1,347 @@
+"""Backend-free helpers of the posteriordb examples: data, reference draws, scores, tables.
+
+Shared by ``posteriordb_pyro.py`` and ``posteriordb_numpyro.py``; it needs numpy only (and
+ArviZ for the Pareto k-hat), so importing it pulls in neither torch nor JAX.
+
+The data live outside the repository (see ``../shared/data/README.md``)::
+
+    <data>/posteriordb/data/NAME.json.zip         the model's data
+    <data>/posteriordb/draws/POSTERIOR.json.zip   10 chains, each {param name: 1000 draws}
+    <data>/posteriordb/info/POSTERIOR.json        model, data and reference names
+
+`resolve_data_dir` finds ``<data>``: the ``--data`` argument (absolute, relative to the current
+directory, or relative to the repository root), by default ``../shared/data`` relative to the
+repository root.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "POSTERIORS",
+    "GUIDES",
+    "Reference",
+    "Score",
+    "resolve_data_dir",
+    "load_data",
+    "load_reference",
+    "flatten_draws",
+    "derive",
+    "model_inputs",
+    "score",
+    "elbo_and_khat",
+    "write_results",
+    "select",
+    "repo_version",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = "../shared/data"
+
+#: Short names used on the command line -> posteriordb posterior names.
+POSTERIORS: dict[str, str] = {
+    "eight_schools_noncentered": "eight_schools-eight_schools_noncentered",
+    "eight_schools_centered": "eight_schools-eight_schools_centered",
+    "diamonds": "diamonds-diamonds",
+    "gp_pois_regr": "gp_pois_regr-gp_pois_regr",
+}
+
+#: Guide names used on the command line, in table order.
+GUIDES: tuple[str, ...] = (
+    "AutoNormal",
+    "AutoMultivariateNormal",
+    "AutoIAFNormal",
+    "AutoFlow-iaf",
+    "AutoFlow-nsf",
+)
+
+
+def resolve_data_dir(path: str | None) -> Path:
+    """The ``posteriordb`` folder under ``path`` (or ``path`` itself if it is that folder).
+
+    A relative ``path`` is looked up in the current directory first, then relative to the
+    repository root, so the scripts work from anywhere. Exits with a clear message when the
+    data cannot be found.
+    """
+    given = Path(path if path is not None else DEFAULT_DATA).expanduser()
+    candidates = [given] if given.is_absolute() else [Path.cwd() / given, REPO_ROOT / given]
+    for base in candidates:
+        for folder in (base / "posteriordb", base):
+            if (folder / "info").is_dir() and (folder / "draws").is_dir():
+                return folder.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    sys.exit(
+        f"posteriordb data not found (tried {tried}); pass --data DIR, where DIR holds "
+        "posteriordb/{data,draws,info} (see ../shared/data/README.md)"
+    )
+
+
+def _read_zipped_json(path: Path):
+    with zipfile.ZipFile(path) as archive:
+        (member,) = archive.namelist()
+        return json.loads(archive.read(member))
+
+
+def _info(root: Path, posterior: str) -> dict:
+    return json.loads((root / "info" / f"{posterior}.json").read_text())
+
+
+def load_data(root: Path, posterior: str) -> dict:
+    """The model data of a posteriordb posterior (a dict of numbers and lists)."""
+    return _read_zipped_json(root / "data" / f"{_info(root, posterior)['data_name']}.json.zip")
+
+
+@dataclass
+class Reference:
+    """Reference posterior draws: ``draws[i, j]`` is draw ``i`` of parameter ``names[j]``."""
+
+    name: str
+    names: list[str]
+    draws: np.ndarray
+    mean: np.ndarray = field(init=False)
+    sd: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mean = self.draws.mean(0)
+        self.sd = self.draws.std(0, ddof=1)
+
+
+def load_reference(root: Path, posterior: str) -> Reference:
+    """Reference draws of ``posterior`` (following ``reference_posterior_name``), chains pooled."""
+    name = _info(root, posterior)["reference_posterior_name"]
+    chains = _read_zipped_json(root / "draws" / f"{name}.json.zip")
+    names = list(chains[0])
+    draws = np.concatenate([np.array([chain[n] for n in names]).T for chain in chains], axis=0)
+    return Reference(name=name, names=names, draws=draws.astype(np.float64))
+
+
+_INDEXED = re.compile(r"^(\w+)\[([\d,\s]+)\]$")
+
+
+def flatten_draws(samples: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """Columns of guide draws matching reference names (``theta[3]`` -> ``theta[:, 2]``).
+
+    Args:
+        samples: ``{site: array (num_draws, *site_shape)}``.
+        names: Reference parameter names, Stan style (1-based indices).
+
+    Returns:
+        ``(num_draws, len(names))``.
+    """
+    columns = []
+    for name in names:
+        match = _INDEXED.match(name)
+        if match:
+            site, index = match.group(1), tuple(int(i) - 1 for i in match.group(2).split(","))
+        else:
+            site, index = name, ()
+        value = np.asarray(samples[site], dtype=np.float64)
+        columns.append(value[(slice(None), *index)] if index else value.reshape(len(value)))
+    return np.stack(columns, axis=1)
+
+
+def model_inputs(posterior: str, data: Mapping) -> dict[str, np.ndarray]:
+    """The model's inputs as float64 numpy arrays (diamonds: the centred predictors ``Xc``)."""
+    if posterior.startswith("eight_schools"):
+        return {"y": np.asarray(data["y"], float), "sigma": np.asarray(data["sigma"], float)}
+    if posterior == "diamonds":
+        x = np.asarray(data["X"], float)[:, 1:]  # drop the intercept column
+        return {"Xc": x - x.mean(0), "Y": np.asarray(data["Y"], float)}
+    if posterior == "gp_pois_regr":
+        return {"x": np.asarray(data["x"], float), "k": np.asarray(data["k"], float)}
+    raise ValueError(f"unknown posterior {posterior!r}")
+
+
+def derive(posterior: str, samples: Mapping, inputs: Mapping) -> dict[str, np.ndarray]:
+    """Add the transformed parameters that the reference draws hold (numpy, float64).
+
+    * eight_schools_noncentered: ``theta = mu + tau * theta_trans``.
+    * gp_pois_regr: ``f = cholesky(K) @ f_tilde``, K the squared-exponential kernel + 1e-10 I.
+    """
+    out = {name: np.asarray(value, dtype=np.float64) for name, value in samples.items()}
+    if posterior == "eight_schools_noncentered":
+        out["theta"] = out["mu"][:, None] + out["tau"][:, None] * out["theta_trans"]
+    elif posterior == "gp_pois_regr":
+        out["f"] = gp_f(out["rho"], out["alpha"], out["f_tilde"], inputs["x"])
+    return out
+
+
+def gp_f(rho: np.ndarray, alpha: np.ndarray, f_tilde: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``f = cholesky(K) @ f_tilde`` for draws ``(n,)``, ``(n,)``, ``(n, N)`` (numpy)."""
+    sq = (x[:, None] - x[None, :]) ** 2
+    cov = alpha[:, None, None] ** 2 * np.exp(-sq / (2 * rho[:, None, None] ** 2))
+    cov = cov + 1e-10 * np.eye(len(x))
+    return np.einsum("nij,nj->ni", np.linalg.cholesky(cov), f_tilde)
+
+
+@dataclass
+class Score:
+    """The scores of one (posterior, guide) run."""
+
+    posterior: str
+    guide: str
+    elbo: float
+    khat: float
+    max_mean_err: float
+    mean_mean_err: float
+    min_sd_ratio: float
+    max_sd_ratio: float
+    train_s: float
+    steps: int
+    settings: str
+    worst_param: str = ""
+    per_param: dict = field(default_factory=dict)
+    error: str = ""
+
+
+def elbo_and_khat(log_weights: np.ndarray) -> tuple[float, float]:
+    """ELBO (mean log-weight) and Pareto k-hat (ArviZ PSIS, as ``psis_diagnostic`` does)."""
+    import arviz
+
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    if not np.isfinite(log_weights).all():
+        return float("nan"), float("inf")
+    _, k = arviz.psislw(log_weights)
+    return float(log_weights.mean()), float(np.asarray(k))
+
+
+def score(
+    posterior: str,
+    guide: str,
+    draws: np.ndarray,
+    reference: Reference,
+    log_weights: np.ndarray,
+    *,
+    train_s: float,
+    steps: int,
+    settings: str,
+) -> Score:
+    """Score guide draws ``(num_draws, num_params)`` against the reference.
+
+    Mean error is ``|guide mean - reference mean| / reference sd`` per parameter; the sd ratio
+    is ``guide sd / reference sd``.
+    """
+    mean_err = np.abs(draws.mean(0) - reference.mean) / reference.sd
+    sd_ratio = draws.std(0, ddof=1) / reference.sd
+    elbo, khat = elbo_and_khat(log_weights)
+    worst = int(np.nanargmax(mean_err)) if np.isfinite(mean_err).any() else 0
+    return Score(
+        posterior=posterior,
+        guide=guide,
+        elbo=elbo,
+        khat=khat,
+        max_mean_err=float(np.max(mean_err)),
+        mean_mean_err=float(np.mean(mean_err)),
+        min_sd_ratio=float(np.min(sd_ratio)),
+        max_sd_ratio=float(np.max(sd_ratio)),
+        train_s=train_s,
+        steps=steps,
+        settings=settings,
+        worst_param=reference.names[worst],
+        per_param={
+            n: {"mean_err": float(e), "sd_ratio": float(r)}
+            for n, e, r in zip(reference.names, mean_err, sd_ratio, strict=True)
+        },
+    )
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "nan"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.{digits}f}"
+
+
+def _target(s: Score) -> str:
+    if s.error:
+        return "failed"
+    return "yes" if s.khat < 0.7 and s.max_mean_err < 0.1 else "no"
+
+
+def write_results(out: Path, backend: str, scores: Sequence[Score], meta: Mapping) -> Path:
+    """Write ``posteriordb_<backend>.md`` (a table) and ``.json`` (all numbers) into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# posteriordb: variational guides, {backend}",
+        "",
+        "Generated by `examples/posteriordb_"
+        + ("pyro" if backend == "Pyro" else "numpyro")
+        + ".py`. Command: `"
+        + str(meta.get("command", ""))
+        + "`.",
+        "",
+        "ELBO and k-hat from the same importance draws log p(x, z) - log q(z); mean error"
+        " |guide mean - reference mean| / reference sd and sd ratio guide sd / reference sd"
+        " over the parameters with reference draws; target: k-hat < 0.7 and max mean error"
+        " < 0.1.",
+        "",
+        "| posterior | guide | ELBO | k-hat | max mean err (param) | mean mean err "
+        "| sd ratio min | sd ratio max | train [s] | target |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in scores:
+        lines.append(
+            f"| {s.posterior} | {s.guide} | {_fmt(s.elbo)} | {_fmt(s.khat)} | "
+            f"{_fmt(s.max_mean_err, 3)} ({s.worst_param}) | {_fmt(s.mean_mean_err, 3)} | "
+            f"{_fmt(s.min_sd_ratio)} | {_fmt(s.max_sd_ratio)} | {_fmt(s.train_s, 1)} | "
+            f"{_target(s)} |"
+        )
+    failed = [s for s in scores if s.error]
+    if failed:
+        lines += ["", "Failures:", ""]
+        lines += [f"- {s.posterior} / {s.guide}: {s.error}" for s in failed]
+    lines += ["", "Settings:", ""]
+    seen = set()
+    for s in scores:
+        if (s.guide, s.settings) not in seen:
+            seen.add((s.guide, s.settings))
+            lines.append(f"- {s.guide} ({s.posterior}): {s.settings}")
+    lines += ["", "Run:", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items()]
+    stem = f"posteriordb_{'pyro' if backend == 'Pyro' else 'numpyro'}"
+    path = out / f"{stem}.md"
+    path.write_text("\n".join(lines) + "\n")
+    payload = {"backend": backend, "meta": dict(meta), "scores": [vars(s) for s in scores]}
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    return path
+
+
+def repo_version() -> str:
+    """The repository's commit (``git rev-parse --short HEAD``, ``+dirty`` with local edits)."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (commit or "unknown") + ("+dirty" if dirty else "")
+
+
+def select(requested: str | None, known: Sequence[str], what: str) -> list[str]:
+    """Parse a comma-separated filter (``None`` or ``"all"``: everything), exiting on typos."""
+    if requested is None or requested == "all":
+        return list(known)
+    chosen = [r.strip() for r in requested.split(",") if r.strip()]
+    unknown = [c for c in chosen if c not in known]
+    if unknown:
+        sys.exit(f"unknown {what} {unknown}; choose from {list(known)}")
+    return chosen
