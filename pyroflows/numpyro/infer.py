@@ -25,6 +25,7 @@ from numpyro.contrib.module import eqx_module
 from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_median
 
+from pyroflows._autoflow import check_arguments, recipe_kwargs, warm_start
 from pyroflows.numpyro import flows as recipes
 from pyroflows.numpyro.core import Bijection
 from pyroflows.numpyro.distributions import Flow, FlowDistribution
@@ -40,11 +41,6 @@ RECIPES: dict[str, Callable[..., Flow]] = {
     "realnvp": recipes.RealNVP,
     "nice": recipes.NICE,
 }
-
-
-def _default_hidden(latent_dim: int) -> tuple[int, int]:
-    width = max(32, 4 * latent_dim)
-    return (width, width)
 
 
 class AutoFlow(AutoContinuous):
@@ -63,7 +59,7 @@ class AutoFlow(AutoContinuous):
         init_scale: Scale of the affine layer when ``warmup`` is off or the Laplace
             approximation fails.
         warmup: ``"laplace"`` (default), ``"map"`` or ``None``, as in the torch backend.
-        warmup_steps: Maximum BFGS iterations of the MAP search.
+        warmup_steps: Maximum Newton (or L-BFGS) iterations of the MAP search.
         num_samples: Monte Carlo draws used by `median` and `quantiles`.
         key: Random key for the flow's initial weights.
         **flow_kwargs: Passed to the recipe (defaults ``transforms=3``,
@@ -94,19 +90,7 @@ class AutoFlow(AutoContinuous):
         key: Array | None = None,
         **flow_kwargs,
     ) -> None:
-        if isinstance(flow, str):
-            if flow.lower() not in RECIPES:
-                raise ValueError(
-                    f"flow must be one of {sorted(RECIPES)} or a callable, got {flow!r}"
-                )
-        elif not callable(flow):
-            raise TypeError(
-                f"flow must be a recipe name or a callable (latent_dim, key) -> Flow, got {flow!r}"
-            )
-        if warmup not in ("laplace", "map", None):
-            raise ValueError(f"warmup must be 'laplace', 'map' or None, got {warmup!r}")
-        if not init_scale > 0:
-            raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+        check_arguments(flow, warmup, init_scale, "(latent_dim, key) -> Flow")
         self._flow_spec = flow
         self._flow_kwargs = flow_kwargs
         self._init_scale = float(init_scale)
@@ -121,10 +105,7 @@ class AutoFlow(AutoContinuous):
     def _build_flow(self, key: Array) -> Flow:
         d = self.latent_dim
         if isinstance(self._flow_spec, str):
-            kwargs = {"transforms": 3, "hidden": _default_hidden(d), **self._flow_kwargs}
-            if self._flow_spec.lower() == "nsf":
-                # spline coupling samples in one pass (the autoregressive NSF is MAF-direction)
-                kwargs.setdefault("mode", "coupling")
+            kwargs = recipe_kwargs(self._flow_spec, d, self._flow_kwargs)
             return RECIPES[self._flow_spec.lower()](d, key=key, **kwargs)
         flow = self._flow_spec(d, key)
         if not isinstance(flow, Flow) or flow.features != d or flow.context_features:
@@ -151,52 +132,6 @@ class AutoFlow(AutoContinuous):
     def _potential(self, latent: Array) -> Array:
         """Minus the log joint density of the model in the unconstrained space."""
         return self._potential_fn(self._unpack_latent(latent))
-
-    def _map(self, init: Array) -> Array:
-        """MAP of the unconstrained log joint, keeping the best finite point.
-
-        Up to 300 latent dimensions: saddle-free damped Newton (steps along the Hessian's
-        eigenvectors scaled by ``1 / (|eigenvalue| + damping)``). It is invariant to the scale of
-        each coordinate, so posteriors whose scales differ by orders of magnitude converge in a
-        few steps even in float32. Larger: L-BFGS (optax) with a zoom line search.
-        """
-        potential = self._potential
-
-        @jax.jit  # traced, so a model's argument checks cannot raise at a bad trial point
-        def safe(z):
-            value = potential(z)
-            return jnp.where(jnp.isfinite(value), value, jnp.inf)
-
-        if self.latent_dim > 300:
-            return self._map_lbfgs(safe, init)
-        derivatives = jax.jit(lambda z: (jax.grad(potential)(z), jax.hessian(potential)(z)))
-        z, value = init, float(safe(init))
-        if not np.isfinite(value):
-            return init
-        damping = 1e-3
-        for _ in range(self._warmup_steps):
-            grad, hessian = derivatives(z)
-            if not (bool(jnp.isfinite(grad).all()) and bool(jnp.isfinite(hessian).all())):
-                break
-            eigval, eigvec = jnp.linalg.eigh(0.5 * (hessian + hessian.T))
-            size = jnp.abs(eigval)
-            top = float(size.max()) + 1e-30
-            projected = eigvec.T @ grad
-            for _ in range(40):
-                step = -eigvec @ (projected / (size + damping * top))
-                candidate = z + step
-                new = float(safe(candidate))
-                if new < value:
-                    break
-                damping *= 10.0
-            else:
-                break  # no step decreases the potential: at a (numerical) minimum
-            decrease = value - new
-            z, value = candidate, new
-            damping = max(damping / 10.0, 1e-9)
-            if decrease <= 1e-7 * max(1.0, abs(value)):
-                break
-        return z
 
     def _map_lbfgs(self, safe: Callable, init: Array) -> Array:
         import optax
@@ -227,18 +162,11 @@ class AutoFlow(AutoContinuous):
     def _warm_start(self, init: Array) -> tuple[Array, Array]:
         """Location and Cholesky factor of the frozen Gaussian under the flow.
 
-        Candidates: the ``init_loc_fn`` point with ``init_scale`` (always), the MAP with
-        ``init_scale`` (``warmup="map"`` or ``"laplace"``) and the Laplace approximation at
-        the MAP (``"laplace"``). The one with the highest Monte Carlo ELBO wins (recorded in
-        ``self.warm_start_``), so a posterior without a MAP (a funnel, where the search runs
-        off to a singularity) falls back to a sound start instead of a degenerate one.
+        The choice among the ``init_loc_fn`` point, the MAP and the Laplace approximation is
+        `pyroflows._autoflow.warm_start`'s (recorded in ``self.warm_start_``); this method
+        hands it the model's jitted potential and derivatives as float64 numpy callbacks.
         """
-        d = self.latent_dim
-        eye = jnp.eye(d, dtype=init.dtype)
-        candidates = {"init": (init, self._init_scale * eye)}
-        self.warm_start_ = "init"
-        if self._warmup is None:
-            return candidates["init"]
+        dtype = init.dtype
         if isinstance(init, jax.core.Tracer):
             warnings.warn(
                 "AutoFlow was first called under a JAX transformation (jit/vmap), so the MAP "
@@ -246,51 +174,29 @@ class AutoFlow(AutoContinuous):
                 "guide once) outside jit to get the Laplace warm start.",
                 stacklevel=3,
             )
-            return candidates["init"]
-        z = self._map(init)
-        if not self._is_mode(z):
-            warnings.warn(
-                "AutoFlow: the MAP search did not reach a mode (the posterior may have none, "
-                "as a funnel); the guide starts from init_loc_fn with init_scale instead of the "
-                "Laplace approximation, so give SVI more steps or a larger learning rate.",
-                stacklevel=3,
-            )
-            return candidates["init"]
-        candidates["map"] = (z, self._init_scale * eye)
-        if self._warmup == "laplace":
-            candidates["laplace"] = (z, self._laplace(z))
-        scores = {name: self._gaussian_elbo(*c) for name, c in candidates.items()}
-        self.warm_start_ = max(scores, key=lambda name: scores[name])
-        return candidates[self.warm_start_]
+            self.warm_start_ = "init"
+            return init, self._init_scale * jnp.eye(self.latent_dim, dtype=dtype)
+        potential = self._potential
 
-    def _is_mode(self, z: Array, tolerance: float = 0.1) -> bool:
-        """Whether ``z`` is a strict local mode: positive definite Hessian and a Newton
-        decrement ``g^T H^-1 g`` below ``tolerance`` (scale-free: half of it is the
-        quadratic model's gap to the mode, in nats)."""
-        grad = jax.jit(jax.grad(self._potential))(z)
-        hessian = jax.jit(jax.hessian(self._potential))(z)
-        factor = jnp.linalg.cholesky(0.5 * (hessian + hessian.T))
-        if not (bool(jnp.isfinite(factor).all()) and bool(jnp.isfinite(grad).all())):
-            return False
-        step = jax.scipy.linalg.cho_solve((factor, True), grad)
-        return float(grad @ step) < tolerance
+        @jax.jit  # traced, so a model's argument checks cannot raise at a bad trial point
+        def safe(z):
+            value = potential(z)
+            return jnp.where(jnp.isfinite(value), value, jnp.inf)
 
-    def _laplace(self, z: Array) -> Array:
-        """Cholesky factor of the inverse Hessian of the potential at ``z`` (or a diagonal)."""
-        eye = jnp.eye(self.latent_dim, dtype=z.dtype)
-        hessian = jax.jit(jax.hessian(self._potential))(z)
-        hessian = 0.5 * (hessian + hessian.T)
-        precision_tril = jnp.linalg.cholesky(hessian)
-        if bool(jnp.isfinite(precision_tril).all()):
-            cov = jax.scipy.linalg.cho_solve((precision_tril, True), eye)
-            scale_tril = jnp.linalg.cholesky(0.5 * (cov + cov.T))
-            if bool(jnp.isfinite(scale_tril).all()):
-                return scale_tril
-        # not at a strict maximum (a funnel, a flat direction): a diagonal fallback
-        diag = jnp.diagonal(hessian)
-        ok = jnp.isfinite(diag) & (diag > 0)
-        scale = jnp.where(ok, jax.lax.rsqrt(jnp.maximum(diag, 1e-12)), self._init_scale)
-        return jnp.diag(jnp.minimum(scale, 1e3))
+        derivatives = jax.jit(lambda z: (jax.grad(potential)(z), jax.hessian(potential)(z)))
+        loc, scale_tril, self.warm_start_ = warm_start(
+            np.asarray(init, dtype=np.float64),
+            warmup=self._warmup,
+            init_scale=self._init_scale,
+            max_steps=self._warmup_steps,
+            potential=lambda z: float(safe(jnp.asarray(z, dtype))),
+            derivatives=lambda z: _numpy(derivatives(jnp.asarray(z, dtype))),
+            gaussian_elbo=lambda m, s: self._gaussian_elbo(
+                jnp.asarray(m, dtype), jnp.asarray(s, dtype)
+            ),
+            lbfgs=lambda z: np.asarray(self._map_lbfgs(safe, jnp.asarray(z, dtype)), np.float64),
+        )
+        return jnp.asarray(loc, dtype), jnp.asarray(scale_tril, dtype)
 
     def _gaussian_elbo(self, loc: Array, scale_tril: Array, draws: int = 256) -> float:
         """ELBO (up to a constant) of ``Normal(loc, scale_tril scale_tril^T)``, common draws."""
@@ -331,6 +237,10 @@ class AutoFlow(AutoContinuous):
         if q.ndim != 1 or not bool(((q > 0) & (q < 1)).all()):
             raise ValueError(f"quantiles must be a list of levels in (0, 1), got {quantiles!r}")
         return {name: jnp.quantile(v, q, axis=0) for name, v in self._draws(params).items()}
+
+
+def _numpy(arrays: tuple[Array, ...]) -> tuple[np.ndarray, ...]:
+    return tuple(np.asarray(a, dtype=np.float64) for a in arrays)
 
 
 class FixedAffine(Bijection):

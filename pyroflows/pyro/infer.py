@@ -7,8 +7,9 @@ vector of size ``latent_dim`` (as every Pyro ``AutoContinuous`` guide does). Its
 
 where ``flow`` is a pyroflows recipe (IAF by default) and the affine layer ``loc + L @``
 (an `LULinear`) carries the posterior's location, scales and correlations. By default the
-affine layer is warm-started from a Laplace approximation at the MAP (L-BFGS on the
-unconstrained log joint, then the Cholesky factor of the inverse Hessian), so the flow
+affine layer is warm-started from a Laplace approximation at the MAP (a saddle-free Newton
+search on the unconstrained log joint, then the Cholesky factor of the inverse Hessian;
+see `pyroflows._autoflow`, shared with the NumPyro backend), so the flow
 starts in a standardised space and only has to learn the non-Gaussian part. This is what
 makes the guide work from its defaults on badly scaled and strongly correlated posteriors,
 where a flow on the raw unconstrained space stalls.
@@ -17,9 +18,9 @@ where a flow on the raw unconstrained space stalls.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 from pyro import poutine
@@ -28,6 +29,7 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from pyro.poutine.util import site_is_subsample
 
+from pyroflows._autoflow import check_arguments, recipe_kwargs, warm_start
 from pyroflows.pyro import flows as recipes
 from pyroflows.pyro.core import Bijection
 from pyroflows.pyro.distributions import Flow, FlowDistribution
@@ -45,11 +47,6 @@ RECIPES: dict[str, Callable[..., Flow]] = {
 }
 
 
-def _default_hidden(latent_dim: int) -> tuple[int, int]:
-    width = max(32, 4 * latent_dim)
-    return (width, width)
-
-
 class AutoFlow(AutoContinuous):
     """An ``AutoContinuous`` guide whose posterior is a normalizing flow.
 
@@ -61,10 +58,11 @@ class AutoFlow(AutoContinuous):
             starts there.
         init_scale: Scale of the affine layer when ``warmup`` is off or the Laplace
             approximation fails.
-        warmup: ``"laplace"`` (default): MAP by L-BFGS, then the affine layer is set to the
-            Laplace approximation; ``"map"``: MAP location with ``init_scale``; ``None``: the
-            ``init_loc_fn`` location with ``init_scale``.
-        warmup_steps: Maximum L-BFGS iterations of the MAP search.
+        warmup: ``"laplace"`` (default): MAP by saddle-free Newton (L-BFGS above 300
+            latent dimensions), then the affine layer is set to the Laplace approximation
+            if its Monte Carlo ELBO beats the other starts; ``"map"``: MAP location with
+            ``init_scale``; ``None``: the ``init_loc_fn`` location with ``init_scale``.
+        warmup_steps: Maximum Newton (or L-BFGS) iterations of the MAP search.
         num_samples: Monte Carlo draws used by `median` and `quantiles`.
         **flow_kwargs: Passed to the recipe (``transforms``, ``hidden``, ``bins``, ...).
             Defaults: ``transforms=3``, ``hidden=(w, w)`` with ``w = max(32, 4 * latent_dim)``.
@@ -92,19 +90,7 @@ class AutoFlow(AutoContinuous):
         num_samples: int = 1000,
         **flow_kwargs,
     ) -> None:
-        if isinstance(flow, str):
-            if flow.lower() not in RECIPES:
-                raise ValueError(
-                    f"flow must be one of {sorted(RECIPES)} or a callable, got {flow!r}"
-                )
-        elif not callable(flow):
-            raise TypeError(
-                f"flow must be a recipe name or a callable latent_dim -> Flow, got {flow!r}"
-            )
-        if warmup not in ("laplace", "map", None):
-            raise ValueError(f"warmup must be 'laplace', 'map' or None, got {warmup!r}")
-        if not init_scale > 0:
-            raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+        check_arguments(flow, warmup, init_scale, "latent_dim -> Flow")
         self._flow_spec = flow
         self._flow_kwargs = flow_kwargs
         self._init_scale = float(init_scale)
@@ -118,10 +104,7 @@ class AutoFlow(AutoContinuous):
     def _build_flow(self) -> Flow:
         d = self.latent_dim
         if isinstance(self._flow_spec, str):
-            kwargs = {"transforms": 3, "hidden": _default_hidden(d), **self._flow_kwargs}
-            if self._flow_spec.lower() == "nsf":
-                # spline coupling samples in one pass (the autoregressive NSF is MAF-direction)
-                kwargs.setdefault("mode", "coupling")
+            kwargs = recipe_kwargs(self._flow_spec, d, self._flow_kwargs)
             flow = RECIPES[self._flow_spec.lower()](d, **kwargs)
         else:
             flow = self._flow_spec(d)
@@ -176,51 +159,6 @@ class AutoFlow(AutoContinuous):
             return latent.new_full((), float("inf"))
         return value
 
-    def _map(self, init: torch.Tensor, args, kwargs) -> torch.Tensor:
-        """MAP of the unconstrained log joint, keeping the best finite point.
-
-        Up to 300 latent dimensions: saddle-free damped Newton (steps along the Hessian's
-        eigenvectors scaled by ``1 / (|eigenvalue| + damping)``). It is invariant to the scale
-        of each coordinate, so posteriors whose scales differ by orders of magnitude converge
-        in a few steps even in float32. Larger: L-BFGS.
-        """
-        if self.latent_dim > 300:
-            return self._map_lbfgs(init, args, kwargs)
-
-        def potential(v):
-            return self._safe_potential(v, args, kwargs)
-
-        z = init.detach().clone()
-        value = float(potential(z))
-        if not math.isfinite(value):
-            return z
-        damping = 1e-3
-        for _ in range(self._warmup_steps):
-            point = z.clone().requires_grad_(True)
-            grad = torch.autograd.grad(potential(point), point)[0]
-            hessian = torch.autograd.functional.hessian(potential, z)
-            if not (torch.isfinite(grad).all() and torch.isfinite(hessian).all()):
-                break
-            eigval, eigvec = torch.linalg.eigh(0.5 * (hessian + hessian.T))
-            size = eigval.abs()
-            top = float(size.max()) + 1e-30
-            projected = eigvec.T @ grad
-            for _ in range(40):
-                candidate = z - eigvec @ (projected / (size + damping * top))
-                with torch.no_grad():
-                    new = float(potential(candidate))
-                if new < value:
-                    break
-                damping *= 10.0
-            else:
-                break  # no step decreases the potential: at a (numerical) minimum
-            decrease = value - new
-            z, value = candidate.detach(), new
-            damping = max(damping / 10.0, 1e-9)
-            if decrease <= 1e-7 * max(1.0, abs(value)):
-                break
-        return z
-
     def _map_lbfgs(self, init: torch.Tensor, args, kwargs) -> torch.Tensor:
         """L-BFGS with restarts, keeping the best point (for large latent dimensions).
 
@@ -263,70 +201,44 @@ class AutoFlow(AutoContinuous):
     def _warm_start(self, init: torch.Tensor, args, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and Cholesky factor of the frozen Gaussian under the flow.
 
-        Candidates: the ``init_loc_fn`` point with ``init_scale`` (always), the MAP with
-        ``init_scale`` (``warmup="map"`` or ``"laplace"``) and the Laplace approximation at
-        the MAP (``"laplace"``). The one with the highest Monte Carlo ELBO wins (recorded in
-        ``self.warm_start_``), so a posterior without a MAP (a funnel, where the search runs
-        off to a singularity) falls back to a sound start instead of a degenerate one.
+        The choice among the ``init_loc_fn`` point, the MAP and the Laplace approximation is
+        `pyroflows._autoflow.warm_start`'s (recorded in ``self.warm_start_``); this method
+        hands it the model's potential and derivatives as float64 numpy callbacks.
         """
-        eye = torch.eye(self.latent_dim, dtype=init.dtype, device=init.device)
-        candidates = {"init": (init.detach(), self._init_scale * eye)}
-        self.warm_start_ = "init"
-        if self._warmup is None:
-            return candidates["init"]
-        z = self._map(init, args, kwargs)
-        if not self._is_mode(z, args, kwargs):
-            warnings.warn(
-                "AutoFlow: the MAP search did not reach a mode (the posterior may have none, "
-                "as a funnel); the guide starts from init_loc_fn with init_scale instead of the "
-                "Laplace approximation, so give SVI more steps or a larger learning rate.",
-                stacklevel=3,
+        dtype, device = init.dtype, init.device
+
+        def tensor(z: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(z, dtype=dtype, device=device)
+
+        def potential(z: np.ndarray) -> float:
+            with torch.no_grad():
+                return float(self._safe_potential(tensor(z), args, kwargs))
+
+        def derivatives(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            point = tensor(z).requires_grad_(True)
+            value = self._safe_potential(point, args, kwargs)
+            if not (value.requires_grad and torch.isfinite(value)):
+                return np.full(z.shape, np.nan), np.full(z.shape * 2, np.nan)
+            grad = torch.autograd.grad(value, point)[0]
+            hessian = torch.autograd.functional.hessian(
+                lambda v: self._safe_potential(v, args, kwargs), point.detach()
             )
-            return candidates["init"]
-        candidates["map"] = (z, self._init_scale * eye)
-        if self._warmup == "laplace":
-            candidates["laplace"] = (z, self._laplace(z, args, kwargs))
-        scores = {name: self._gaussian_elbo(*c, args, kwargs) for name, c in candidates.items()}
-        self.warm_start_ = max(scores, key=lambda name: scores[name])
-        return candidates[self.warm_start_]
+            return _numpy(grad), _numpy(hessian)
 
-    def _is_mode(self, z: torch.Tensor, args, kwargs, tolerance: float = 0.1) -> bool:
-        """Whether ``z`` is a strict local mode: positive definite Hessian and a Newton
-        decrement ``g^T H^-1 g`` below ``tolerance`` (scale-free: half of it is the
-        quadratic model's gap to the mode, in nats)."""
+        def lbfgs(z: np.ndarray) -> np.ndarray:
+            return _numpy(self._map_lbfgs(tensor(z), args, kwargs))
 
-        def potential(v):
-            return self._safe_potential(v, args, kwargs)
-
-        point = z.detach().clone().requires_grad_(True)
-        grad = torch.autograd.grad(potential(point), point)[0]
-        hessian = torch.autograd.functional.hessian(potential, z.detach())
-        factor, info = torch.linalg.cholesky_ex(0.5 * (hessian + hessian.T))
-        if int(info) != 0 or not torch.isfinite(grad).all():
-            return False
-        step = torch.cholesky_solve(grad.unsqueeze(-1), factor).squeeze(-1)
-        return float(grad @ step) < tolerance
-
-    def _laplace(self, z: torch.Tensor, args, kwargs) -> torch.Tensor:
-        """Cholesky factor of the inverse Hessian of the potential at ``z`` (or a diagonal)."""
-        hessian = torch.autograd.functional.hessian(
-            lambda v: self._safe_potential(v, args, kwargs), z
+        loc, scale_tril, self.warm_start_ = warm_start(
+            _numpy(init),
+            warmup=self._warmup,
+            init_scale=self._init_scale,
+            max_steps=self._warmup_steps,
+            potential=potential,
+            derivatives=derivatives,
+            gaussian_elbo=lambda m, s: self._gaussian_elbo(tensor(m), tensor(s), args, kwargs),
+            lbfgs=lbfgs,
         )
-        hessian = 0.5 * (hessian + hessian.T)
-        try:
-            precision_tril = torch.linalg.cholesky(hessian)
-            # covariance = H^-1 = (C C^T)^-1, then its own Cholesky factor
-            scale_tril = torch.linalg.cholesky(torch.cholesky_inverse(precision_tril))
-            if torch.isfinite(scale_tril).all():
-                return scale_tril
-        except RuntimeError:
-            pass
-        # not at a strict maximum (a funnel, a flat direction): a diagonal fallback
-        diag = hessian.diagonal()
-        scale = torch.where(
-            torch.isfinite(diag) & (diag > 0), diag.clamp_min(1e-12).rsqrt(), self._init_scale
-        )
-        return torch.diag(scale.clamp(max=1e3))
+        return tensor(loc), tensor(scale_tril)
 
     @torch.no_grad()
     def _gaussian_elbo(self, loc, scale_tril, args, kwargs, draws: int = 64) -> float:
@@ -386,6 +298,10 @@ class AutoFlow(AutoContinuous):
                 raise ValueError(f"quantiles must be a list of levels in (0, 1), got {quantiles!r}")
             result[name] = torch.quantile(value, q, dim=0)
         return result
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to("cpu", torch.float64).numpy()
 
 
 class FixedAffine(Bijection):

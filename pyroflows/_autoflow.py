@@ -1,0 +1,207 @@
+"""The backend-free part of ``AutoFlow``: arguments, recipe defaults and the warm start.
+
+Both ``pyroflows.pyro.AutoFlow`` and ``pyroflows.numpyro.AutoFlow`` check their arguments,
+fill in the recipe's defaults and choose the frozen Gaussian under the flow here. The warm
+start works on float64 numpy vectors through three callbacks that each backend supplies
+(the potential, its gradient and Hessian, and a Monte Carlo ELBO of a Gaussian), so the
+MAP search, the mode test and the Laplace approximation are written once and give the same
+answer in both backends.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RECIPE_NAMES",
+    "check_arguments",
+    "recipe_kwargs",
+    "warm_start",
+]
+
+#: Recipe names accepted by ``AutoFlow(model, flow=...)``.
+RECIPE_NAMES = ("iaf", "maf", "nsf", "realnvp", "nice")
+
+#: Latent dimensions above which the MAP search is L-BFGS instead of Newton.
+NEWTON_MAX_DIM = 300
+
+Derivatives = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+NO_MODE_WARNING = (
+    "AutoFlow: the MAP search did not reach a mode (the posterior may have none, as a "
+    "funnel); the guide starts from init_loc_fn with init_scale instead of the Laplace "
+    "approximation, so give SVI more steps or a larger learning rate."
+)
+
+
+def check_arguments(flow: Any, warmup: Any, init_scale: Any, flow_signature: str) -> None:
+    """Raise a clear error for a bad ``flow``, ``warmup`` or ``init_scale``.
+
+    Args:
+        flow: A recipe name or a callable.
+        warmup: ``"laplace"``, ``"map"`` or ``None``.
+        init_scale: A positive number.
+        flow_signature: How the backend's flow callable is called (for the message).
+    """
+    if isinstance(flow, str):
+        if flow.lower() not in RECIPE_NAMES:
+            raise ValueError(
+                f"flow must be one of {sorted(RECIPE_NAMES)} or a callable, got {flow!r}"
+            )
+    elif not callable(flow):
+        raise TypeError(f"flow must be a recipe name or a callable {flow_signature}, got {flow!r}")
+    if warmup not in ("laplace", "map", None):
+        raise ValueError(f"warmup must be 'laplace', 'map' or None, got {warmup!r}")
+    if not (isinstance(init_scale, numbers.Real) and init_scale > 0):
+        raise ValueError(f"init_scale must be a number > 0, got {init_scale!r}")
+
+
+def recipe_kwargs(name: str, latent_dim: int, user_kwargs: Mapping[str, Any]) -> dict:
+    """The recipe's keyword arguments: the user's, over ``AutoFlow``'s defaults.
+
+    Defaults: ``transforms=3`` and ``hidden=(w, w)`` with ``w = max(32, 4 * latent_dim)``;
+    ``"nsf"`` builds spline coupling (``mode="coupling"``), which samples in one pass (the
+    autoregressive NSF is MAF-direction and would sample one dimension at a time).
+    """
+    width = max(32, 4 * latent_dim)
+    kwargs = {"transforms": 3, "hidden": (width, width), **user_kwargs}
+    if name.lower() == "nsf":
+        kwargs.setdefault("mode", "coupling")
+    return kwargs
+
+
+def newton_map(
+    init: np.ndarray,
+    potential: Callable[[np.ndarray], float],
+    derivatives: Derivatives,
+    max_steps: int,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Minimise ``potential`` by saddle-free damped Newton from ``init``.
+
+    Each step moves along the Hessian's eigenvectors scaled by ``1 / (|eigenvalue| +
+    damping)``. This is invariant to the scale of each coordinate, so posteriors whose
+    scales differ by orders of magnitude converge in a few steps, and the absolute values
+    turn saddle directions into descent directions.
+
+    Returns:
+        The best point and the gradient and Hessian there (``None`` if they were not finite
+        or the start is not finite), so the caller need not differentiate again.
+    """
+    z = np.asarray(init, dtype=np.float64)
+    value = potential(z)
+    if not np.isfinite(value):
+        return z, None, None
+    damping, converged = 1e-3, False
+    for _ in range(max_steps + 1):
+        grad, hessian = derivatives(z)
+        if not (np.isfinite(grad).all() and np.isfinite(hessian).all()):
+            return z, None, None
+        if converged:
+            break
+        eigval, eigvec = np.linalg.eigh(0.5 * (hessian + hessian.T))
+        size = np.abs(eigval)
+        top = float(size.max()) + 1e-30
+        projected = eigvec.T @ grad
+        for _ in range(40):
+            candidate = z - eigvec @ (projected / (size + damping * top))
+            new = potential(candidate)
+            if new < value:
+                break
+            damping *= 10.0
+        else:
+            break  # no step decreases the potential: at a (numerical) minimum
+        converged = value - new <= 1e-7 * max(1.0, abs(new))
+        z, value = candidate, new
+        damping = max(damping / 10.0, 1e-9)
+    return z, grad, hessian
+
+
+def is_mode(grad: np.ndarray | None, hessian: np.ndarray | None, tolerance: float = 0.1) -> bool:
+    """Whether a point is a strict local mode: a positive definite Hessian and a Newton
+    decrement ``g^T H^-1 g`` below ``tolerance`` (scale-free: half of it is the quadratic
+    model's gap to the mode, in nats)."""
+    if grad is None or hessian is None:
+        return False
+    try:
+        factor = np.linalg.cholesky(0.5 * (hessian + hessian.T))
+    except np.linalg.LinAlgError:
+        return False
+    half = np.linalg.solve(factor, grad)  # g^T H^-1 g = |C^-1 g|^2 with H = C C^T
+    return bool(np.isfinite(half).all() and half @ half < tolerance)
+
+
+def laplace_scale_tril(hessian: np.ndarray, init_scale: float) -> np.ndarray:
+    """Cholesky factor of the inverse Hessian, or a diagonal where it is not positive definite."""
+    hessian = 0.5 * (hessian + hessian.T)
+    try:
+        precision_tril = np.linalg.cholesky(hessian)
+        inverse = np.linalg.inv(precision_tril)  # H^-1 = C^-T C^-1
+        covariance = inverse.T @ inverse
+        scale_tril = np.linalg.cholesky(0.5 * (covariance + covariance.T))
+        if np.isfinite(scale_tril).all():
+            return scale_tril
+    except np.linalg.LinAlgError:
+        pass
+    diag = np.diagonal(hessian)
+    ok = np.isfinite(diag) & (diag > 0)
+    scale = np.where(ok, 1.0 / np.sqrt(np.where(ok, diag, 1.0)), init_scale)
+    return np.diag(np.minimum(scale, 1e3))
+
+
+def warm_start(
+    init: np.ndarray,
+    *,
+    warmup: str | None,
+    init_scale: float,
+    max_steps: int,
+    potential: Callable[[np.ndarray], float],
+    derivatives: Derivatives,
+    gaussian_elbo: Callable[[np.ndarray, np.ndarray], float],
+    lbfgs: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Location and Cholesky factor of the frozen Gaussian under the flow.
+
+    Candidates: the ``init`` point with ``init_scale`` (always), the MAP with
+    ``init_scale`` (``warmup="map"`` or ``"laplace"``) and the Laplace approximation at the
+    MAP (``"laplace"``). The one with the highest Monte Carlo ELBO wins, so a posterior
+    without a MAP (a funnel, where the search runs off to a singularity) falls back to a
+    sound start instead of a degenerate one; when the search reaches no mode at all it
+    warns and starts from ``init``.
+
+    Args:
+        init: Starting point (the ``init_loc_fn`` location), float64.
+        warmup: ``"laplace"``, ``"map"`` or ``None``.
+        init_scale: Scale of the non-Laplace candidates.
+        max_steps: Maximum Newton (or L-BFGS) iterations.
+        potential: Minus the log joint at a point (``inf`` where the model rejects it).
+        derivatives: Gradient and Hessian of ``potential`` at a point.
+        gaussian_elbo: Monte Carlo ELBO (up to a constant) of ``Normal(loc, L L^T)``.
+        lbfgs: MAP search for latent dimensions above ``NEWTON_MAX_DIM``.
+
+    Returns:
+        ``(loc, scale_tril, name)`` with ``name`` in ``{"init", "map", "laplace"}``.
+    """
+    init = np.asarray(init, dtype=np.float64)
+    eye = np.eye(init.shape[-1])
+    candidates = {"init": (init, init_scale * eye)}
+    if warmup is None:
+        return (*candidates["init"], "init")
+    if init.shape[-1] > NEWTON_MAX_DIM and lbfgs is not None:
+        z = np.asarray(lbfgs(init), dtype=np.float64)
+        grad, hessian = derivatives(z)
+    else:
+        z, grad, hessian = newton_map(init, potential, derivatives, max_steps)
+    if not is_mode(grad, hessian):
+        warnings.warn(NO_MODE_WARNING, stacklevel=4)
+        return (*candidates["init"], "init")
+    candidates["map"] = (z, init_scale * eye)
+    if warmup == "laplace":
+        candidates["laplace"] = (z, laplace_scale_tril(hessian, init_scale))
+    scores = {name: gaussian_elbo(*c) for name, c in candidates.items()}
+    best = max(scores, key=lambda name: scores[name])
+    return (*candidates[best], best)

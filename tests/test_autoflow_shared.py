@@ -1,0 +1,142 @@
+"""The backend-free warm start of AutoFlow (`pyroflows._autoflow`), on numpy potentials."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyroflows import _autoflow as af
+
+
+def _gaussian(mean: np.ndarray, cov: np.ndarray):
+    precision = np.linalg.inv(cov)
+
+    def potential(z):
+        d = z - mean
+        return float(0.5 * d @ precision @ d)
+
+    def derivatives(z):
+        return precision @ (z - mean), precision.copy()
+
+    def gaussian_elbo(loc, scale_tril, draws=4000):
+        eps = np.random.default_rng(0).standard_normal((draws, len(loc)))
+        points = loc + eps @ scale_tril.T
+        values = np.array([potential(p) for p in points])
+        return float(-values.mean() + np.log(np.abs(np.diagonal(scale_tril))).sum())
+
+    return potential, derivatives, gaussian_elbo
+
+
+def _badly_scaled():
+    scales = np.array([1e3, 1.0, 1e-1])  # posterior sds 1e4 apart, correlation -0.96
+    corr = np.array([[1.0, -0.96, 0.3], [-0.96, 1.0, -0.2], [0.3, -0.2, 1.0]])
+    return np.array([5e3, -3.0, 0.2]), corr * np.outer(scales, scales)
+
+
+def test_newton_reaches_a_badly_scaled_mode_and_returns_its_derivatives():
+    mean, cov = _badly_scaled()
+    potential, derivatives, _ = _gaussian(mean, cov)
+    z, grad, hessian = af.newton_map(np.zeros(3), potential, derivatives, max_steps=50)
+    np.testing.assert_allclose((z - mean) / np.sqrt(np.diag(cov)), 0.0, atol=1e-3)
+    np.testing.assert_allclose(grad, derivatives(z)[0])
+    np.testing.assert_allclose(hessian, np.linalg.inv(cov), rtol=1e-9)
+    assert af.is_mode(grad, hessian)
+
+
+def test_newton_escapes_a_saddle_and_is_mode_rejects_one():
+    def potential(z):  # a saddle at 0, minima at (0, +-1)
+        return float(z[0] ** 2 + (z[1] ** 2 - 1.0) ** 2)
+
+    def derivatives(z):
+        grad = np.array([2 * z[0], 4 * z[1] * (z[1] ** 2 - 1.0)])
+        hessian = np.diag([2.0, 12 * z[1] ** 2 - 4.0])
+        return grad, hessian
+
+    start = np.array([0.5, 1e-3])
+    assert not af.is_mode(*derivatives(np.zeros(2)))  # zero gradient, indefinite Hessian
+    z, grad, hessian = af.newton_map(start, potential, derivatives, max_steps=100)
+    np.testing.assert_allclose(z, [0.0, 1.0], atol=1e-6)
+    assert af.is_mode(grad, hessian)
+
+
+def test_is_mode_needs_a_small_newton_decrement():
+    hessian = np.diag([1e6, 1e-6])
+    assert af.is_mode(np.array([1e2, 1e-4]), hessian)  # decrement 0.01 + 0.01
+    assert not af.is_mode(np.array([0.0, 1e-3]), hessian)  # decrement 1.0
+    assert not af.is_mode(None, None)
+
+
+def test_laplace_scale_tril_is_the_cholesky_factor_of_the_covariance():
+    _, cov = _badly_scaled()
+    tril = af.laplace_scale_tril(np.linalg.inv(cov), init_scale=0.1)
+    np.testing.assert_allclose(np.triu(tril, 1), 0.0)
+    np.testing.assert_allclose(tril @ tril.T, cov, rtol=1e-8, atol=1e-12 * cov.max())
+    # an indefinite Hessian falls back to a diagonal (init_scale where the curvature is <= 0)
+    np.testing.assert_allclose(
+        af.laplace_scale_tril(np.diag([4.0, -1.0]), init_scale=0.1), np.diag([0.5, 0.1])
+    )
+
+
+def test_warm_start_picks_the_laplace_approximation_of_a_gaussian():
+    mean, cov = _badly_scaled()
+    potential, derivatives, elbo = _gaussian(mean, cov)
+    loc, tril, name = af.warm_start(
+        np.zeros(3), warmup="laplace", init_scale=0.1, max_steps=50,
+        potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
+    )  # fmt: skip
+    assert name == "laplace"
+    np.testing.assert_allclose((loc - mean) / np.sqrt(np.diag(cov)), 0.0, atol=1e-3)
+    np.testing.assert_allclose(tril @ tril.T, cov, rtol=1e-8, atol=1e-12 * cov.max())
+    loc, tril, name = af.warm_start(
+        np.zeros(3), warmup="map", init_scale=0.1, max_steps=50,
+        potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
+    )  # fmt: skip
+    assert name == "map" and np.allclose(tril, 0.1 * np.eye(3))
+    loc, tril, name = af.warm_start(
+        np.ones(3), warmup=None, init_scale=0.1, max_steps=50,
+        potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
+    )  # fmt: skip
+    assert name == "init" and np.allclose(loc, 1.0)
+
+
+def test_warm_start_without_a_mode_warns_and_keeps_the_start():
+    def potential(z):  # log tau -> -inf has an unbounded density (a funnel's neck)
+        return float(z[0] + 0.5 * np.exp(-2 * z[0]) * z[1] ** 2)
+
+    def derivatives(z):
+        e = np.exp(-2 * z[0])
+        grad = np.array([1.0 - e * z[1] ** 2, e * z[1]])
+        hessian = np.array([[2 * e * z[1] ** 2, -2 * e * z[1]], [-2 * e * z[1], e]])
+        return grad, hessian
+
+    with pytest.warns(UserWarning, match="did not reach a mode"):
+        loc, tril, name = af.warm_start(
+            np.array([0.0, 0.5]), warmup="laplace", init_scale=0.1, max_steps=200,
+            potential=potential, derivatives=derivatives, gaussian_elbo=lambda m, s: 0.0,
+        )  # fmt: skip
+    assert name == "init"
+    np.testing.assert_allclose(loc, [0.0, 0.5])
+
+
+def test_recipe_kwargs_defaults():
+    assert af.recipe_kwargs("iaf", 3, {}) == {"transforms": 3, "hidden": (32, 32)}
+    assert af.recipe_kwargs("NSF", 20, {"transforms": 5}) == {
+        "transforms": 5, "hidden": (80, 80), "mode": "coupling",
+    }  # fmt: skip
+    assert af.recipe_kwargs("nsf", 2, {"mode": "autoregressive"})["mode"] == "autoregressive"
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(flow="glow"), ValueError, r"flow must be one of .*'glow'"),
+        (dict(flow=3), TypeError, r"callable latent_dim -> Flow, got 3"),
+        (dict(warmup="newton"), ValueError, r"warmup must be .*'newton'"),
+        (dict(init_scale=0.0), ValueError, r"init_scale must be a number > 0, got 0.0"),
+        (dict(init_scale="1"), ValueError, r"init_scale must be a number > 0, got '1'"),
+    ],
+)
+def test_check_arguments_names_the_argument(kwargs, error, match):
+    arguments = dict(flow="iaf", warmup="laplace", init_scale=0.1) | kwargs
+    with pytest.raises(error, match=match):
+        af.check_arguments(**arguments, flow_signature="latent_dim -> Flow")
