@@ -16,12 +16,17 @@ repository root.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
 import re
+import shlex
 import sys
+import time
+import traceback
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +48,13 @@ __all__ = [
     "write_results",
     "select",
     "repo_version",
+    "LATENT_DIM",
+    "BASELINE_LR",
+    "GuideSettings",
+    "guide_settings",
+    "flow_width",
+    "autoflow_options",
+    "main",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +76,77 @@ GUIDES: tuple[str, ...] = (
     "AutoFlow-iaf",
     "AutoFlow-nsf",
 )
+
+
+#: Unconstrained latent dimension of each model (sets the guides' hidden widths).
+LATENT_DIM: dict[str, int] = {
+    "eight_schools_noncentered": 10,
+    "eight_schools_centered": 10,
+    "diamonds": 26,
+    "gp_pois_regr": 13,
+}
+
+#: The baselines' learning rates, per posterior: the best final ELBO of 10000-step NumPyro
+#: runs over {3e-3, 1e-2, 3e-2} (the Pyro script uses the same ones).
+BASELINE_LR: dict[str, dict[str, float]] = {
+    "AutoNormal": {
+        "eight_schools_noncentered": 1e-2,
+        "eight_schools_centered": 3e-2,
+        "diamonds": 3e-2,
+        "gp_pois_regr": 1e-2,
+    },
+    "AutoMultivariateNormal": {
+        "eight_schools_noncentered": 1e-2,
+        "eight_schools_centered": 3e-2,
+        "diamonds": 3e-2,
+        "gp_pois_regr": 1e-2,
+    },
+    "AutoIAFNormal": {
+        "eight_schools_noncentered": 3e-3,
+        "eight_schools_centered": 3e-3,
+        "diamonds": 3e-3,
+        "gp_pois_regr": 3e-3,
+    },
+}
+
+
+@dataclass
+class GuideSettings:
+    """Training settings of one guide on one posterior."""
+
+    lr: float
+    particles: int = 8
+    options: dict = field(default_factory=dict)  # extra AutoFlow keyword arguments
+
+
+def guide_settings(
+    guide: str, posterior: str, *, autoflow_lr: float, centered_lr: float
+) -> GuideSettings:
+    """The settings used for ``guide`` on ``posterior``.
+
+    ``centered_lr`` is AutoFlow's on centered eight schools: that posterior has no MAP (the
+    log joint grows without bound as tau -> 0 with theta -> mu), so AutoFlow's MAP search
+    finds no mode, the guide starts from ``init_to_median`` with ``init_scale`` (it warns)
+    and its flow has to learn the location and scales too.
+    """
+    if guide in BASELINE_LR:
+        return GuideSettings(lr=BASELINE_LR[guide][posterior])
+    # Spline coupling (AutoFlow's default for "nsf", spelled out for the table): the
+    # autoregressive NSF is MAF-direction and would draw one latent dimension at a time.
+    options: dict = {"mode": "coupling"} if guide == "AutoFlow-nsf" else {}
+    lr = centered_lr if posterior == "eight_schools_centered" else autoflow_lr
+    return GuideSettings(lr=lr, options=options)
+
+
+def flow_width(latent_dim: int) -> int:
+    """Hidden width of every flow guide (AutoFlow's default): ``max(32, 4 * latent_dim)``."""
+    return max(32, 4 * latent_dim)
+
+
+def autoflow_options(options: Mapping) -> str:
+    """AutoFlow's extra keyword arguments as text, for the settings column."""
+    options = {"warmup": "laplace", **options}
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())
 
 
 def resolve_data_dir(path: str | None) -> Path:
@@ -345,3 +428,106 @@ def select(requested: str | None, known: Sequence[str], what: str) -> list[str]:
     if unknown:
         sys.exit(f"unknown {what} {unknown}; choose from {list(known)}")
     return chosen
+
+
+RunOne = Callable[..., "Score"]
+
+
+def main(
+    argv: list[str] | None,
+    *,
+    backend: str,
+    run_one: RunOne,
+    default_steps: int,
+    quick_guides: str,
+    versions: str,
+    machine: str,
+) -> int:
+    """The command line of both scripts: parse, run every (posterior, guide), write the table.
+
+    Args:
+        argv: Command-line arguments (``None``: ``sys.argv[1:]``).
+        backend: ``"Pyro"`` or ``"NumPyro"`` (names the script and the output files).
+        run_one: ``(posterior, guide, inputs, reference, *, steps, eval_draws, moment_draws,
+            seed) -> Score``: trains one guide and scores it.
+        default_steps: SVI steps of a full run.
+        quick_guides: The guides of a ``--quick`` run.
+        versions: Library versions, for the table's run notes.
+        machine: The machine, for the table's run notes.
+    """
+    script = f"posteriordb_{backend.lower()}.py"
+    parser = argparse.ArgumentParser(description=f"posteriordb comparison of guides, {backend}")
+    parser.add_argument("--data", default=None, help="data folder (default ../shared/data)")
+    parser.add_argument(
+        "--posteriors", default=None, help="comma-separated names, or 'all' (the default)"
+    )
+    parser.add_argument("--guides", default=None, help="comma-separated names, or 'all'")
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"SVI steps (default {default_steps})"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="outputs", help="folder for the table and JSON")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: few steps and draws, eight_schools_noncentered with {quick_guides} "
+        "unless --posteriors/--guides say otherwise",
+    )
+    args = parser.parse_args(argv)
+
+    root = resolve_data_dir(args.data)
+    if args.quick:  # a smoke run: one posterior and few guides, unless asked
+        args.posteriors = args.posteriors or "eight_schools_noncentered"
+        args.guides = args.guides or quick_guides
+    posteriors = select(args.posteriors, list(POSTERIORS), "posteriors")
+    guides = select(args.guides, GUIDES, "guides")
+    steps = args.steps or (30 if args.quick else default_steps)
+    eval_draws, moment_draws = (200, 500) if args.quick else (1000, 10_000)
+
+    version, load = repo_version(), os.getloadavg()[0]  # before the long runs
+    scores: list[Score] = []
+    total = time.perf_counter()
+    for posterior in posteriors:
+        name = POSTERIORS[posterior]
+        inputs = model_inputs(posterior, load_data(root, name))
+        reference = load_reference(root, name)
+        for guide_name in guides:
+            try:
+                s = run_one(
+                    posterior,
+                    guide_name,
+                    inputs,
+                    reference,
+                    steps=steps,
+                    eval_draws=eval_draws,
+                    moment_draws=moment_draws,
+                    seed=args.seed,
+                )
+            except Exception as error:  # report and go on with the other runs
+                traceback.print_exc()
+                s = Score(posterior, guide_name, *[float("nan")] * 6, 0.0, steps, "")
+                s.error = f"{type(error).__name__}: {error}"
+            scores.append(s)
+            print(
+                f"{posterior:26s} {guide_name:24s} elbo {s.elbo:10.2f}  k-hat {s.khat:6.2f}  "
+                f"max err {s.max_mean_err:6.3f}  mean err {s.mean_mean_err:6.3f}  "
+                f"sd ratio [{s.min_sd_ratio:.2f}, {s.max_sd_ratio:.2f}]  {s.train_s:6.1f} s"
+                + (f"  FAILED {s.error}" if s.error else ""),
+                flush=True,
+            )
+    arguments = sys.argv[1:] if argv is None else argv
+    meta = {
+        "command": f"python examples/{script} " + shlex.join(arguments),
+        "steps": steps,
+        "importance draws (ELBO, k-hat)": eval_draws,
+        "draws for moments": moment_draws,
+        "seed": args.seed,
+        "pyroflows commit": version,
+        "load average (1 min) at the start": f"{load:.1f} (other processes share the cores)",
+        "total wall time [s]": round(time.perf_counter() - total, 1),
+        "versions": versions,
+        "machine": machine,
+    }
+    path = write_results(Path(args.out), backend, scores, meta)
+    print(f"wrote {path}")
+    return 0

@@ -19,9 +19,9 @@ Protocol, the same for every guide (`guide_settings` gives each guide's settings
    steps (``svi.run``), Adam with the learning rate decaying exponentially to a tenth of
    its initial value over the run, gradients clipped elementwise at 10. The baselines'
    learning rates were picked per posterior from {3e-3, 1e-2, 3e-2} by the final ELBO
-   (`BASELINE_LR`); AutoFlow uses 1e-3, as its documentation recommends (it warm-starts at
-   the Laplace approximation, so a larger rate only adds noise). Wall time of training includes
-   ``svi.init`` (AutoFlow's MAP/Laplace warm start) and JAX compilation.
+   (`posteriordb_data.BASELINE_LR`); AutoFlow uses 1e-3, as its documentation recommends
+   (it warm-starts at the Laplace approximation, so a larger rate only adds noise). Wall
+   time of training includes ``svi.init`` (AutoFlow's MAP/Laplace warm start) and JAX compilation.
 2. Score: 1000 importance draws ``log p(x, z) - log q(z)`` of the trained guide
    (`pyroflows.numpyro.importance_log_weights`) give the ELBO (their mean) and the Pareto
    k-hat (ArviZ PSIS on the same draws, exactly what `pyroflows.numpyro.psis_diagnostic`
@@ -43,15 +43,10 @@ table) and ``posteriordb_numpyro.json`` (all numbers, per parameter too) into ``
 
 from __future__ import annotations
 
-import argparse
-import os
 import platform
-import shlex
 import sys
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
@@ -130,73 +125,24 @@ MODELS: dict[str, Callable] = {
     "gp_pois_regr": gp_pois_regr,
 }
 
-#: Unconstrained latent dimension of each model (sets the guides' hidden widths).
-LATENT_DIM = {
-    "eight_schools_noncentered": 10,
-    "eight_schools_centered": 10,
-    "diamonds": 26,
-    "gp_pois_regr": 13,
-}
-
 # ---------------------------------------------------------------------------------- guides
 
 
-@dataclass
-class GuideSettings:
-    """Training settings of one guide on one posterior."""
-
-    lr: float
-    particles: int = 8
-    options: dict = field(default_factory=dict)  # extra AutoFlow keyword arguments
-
-
-#: The baselines' learning rates, per posterior: the best final ELBO of 10000-step NumPyro
-#: runs over {3e-3, 1e-2, 3e-2} (the Pyro script uses the same ones).
-BASELINE_LR: dict[str, dict[str, float]] = {
-    "AutoNormal": {
-        "eight_schools_noncentered": 1e-2,
-        "eight_schools_centered": 3e-2,
-        "diamonds": 3e-2,
-        "gp_pois_regr": 1e-2,
-    },
-    "AutoMultivariateNormal": {
-        "eight_schools_noncentered": 1e-2,
-        "eight_schools_centered": 3e-2,
-        "diamonds": 3e-2,
-        "gp_pois_regr": 1e-2,
-    },
-    "AutoIAFNormal": {
-        "eight_schools_noncentered": 3e-3,
-        "eight_schools_centered": 3e-3,
-        "diamonds": 3e-3,
-        "gp_pois_regr": 3e-3,
-    },
-}
-
 #: AutoFlow's learning rate (its warm start sits at the Laplace approximation: a small one).
 AUTOFLOW_LR = 1e-3
-#: Centered eight schools has no MAP (the log joint grows without bound as tau -> 0 with
-#: theta -> mu): AutoFlow's MAP search finds no mode there and the guide starts from
-#: ``init_to_median`` with ``init_scale`` instead of the Laplace approximation (it warns),
-#: so its flow has to learn the location and scales too.
+#: AutoFlow's learning rate on centered eight schools, which has no MAP to start from
+#: (see `posteriordb_data.guide_settings`).
 CENTERED_LR = 1e-3
 
 
-def guide_settings(guide: str, posterior: str) -> GuideSettings:
+def guide_settings(guide: str, posterior: str) -> pdb.GuideSettings:
     """The settings used for ``guide`` on ``posterior``."""
-    if guide in BASELINE_LR:
-        return GuideSettings(lr=BASELINE_LR[guide][posterior])
-    # The NSF recipe's default mode ("autoregressive") is MAF-direction: drawing from it runs
-    # the conditioner once per latent dimension and layer, which makes every SVI step 5 to 10
-    # times slower than IAF here; coupling layers draw in one pass.
-    options: dict = {"mode": "coupling"} if guide == "AutoFlow-nsf" else {}
-    lr = CENTERED_LR if posterior == "eight_schools_centered" else AUTOFLOW_LR
-    return GuideSettings(lr=lr, options=options)
+    return pdb.guide_settings(guide, posterior, autoflow_lr=AUTOFLOW_LR, centered_lr=CENTERED_LR)
 
 
 def make_guide(name: str, model: Callable, latent_dim: int, seed: int, options: dict):
     """A guide by name. Flow guides get 3 layers of width ``max(32, 4 * latent_dim)``."""
-    width = max(32, 4 * latent_dim)
+    width = pdb.flow_width(latent_dim)
     init = init_to_median(num_samples=15)
     if name == "AutoNormal":
         return AutoNormal(model, init_loc_fn=init)
@@ -217,19 +163,16 @@ def make_guide(name: str, model: Callable, latent_dim: int, seed: int, options: 
     raise ValueError(f"unknown guide {name!r}")
 
 
-def _options(options: dict) -> str:
-    options = {"warmup": "laplace", **options}
-    return ", ".join(f"{k}={v!r}" for k, v in options.items())
-
-
-def describe(name: str, settings: GuideSettings, latent_dim: int) -> str:
+def describe(name: str, settings: pdb.GuideSettings, latent_dim: int) -> str:
     """One line of the guide's architecture and training settings, for the table."""
-    width = max(32, 4 * latent_dim)
+    width = pdb.flow_width(latent_dim)
     arch = {
         "AutoNormal": "init_scale 0.1",
         "AutoMultivariateNormal": "init_scale 0.1",
         "AutoIAFNormal": f"num_flows 3, hidden [{width}, {width}]",
-    }.get(name, f"transforms 3, hidden ({width}, {width}), " + _options(settings.options))
+    }.get(
+        name, f"transforms 3, hidden ({width}, {width}), " + pdb.autoflow_options(settings.options)
+    )
     return (
         f"{arch}; Adam lr {settings.lr:g} -> {settings.lr / 10:g} (exponential), clip 10, "
         f"Trace_ELBO(num_particles={settings.particles}), init_to_median"
@@ -249,12 +192,12 @@ def run_one(
     eval_draws: int,
     moment_draws: int,
     seed: int,
-    settings: GuideSettings | None = None,
+    settings: pdb.pdb.GuideSettings | None = None,
 ) -> pdb.Score:
     model = MODELS[posterior]
     args = tuple(jnp.asarray(v) for v in inputs.values())
     settings = settings or guide_settings(guide_name, posterior)
-    guide = make_guide(guide_name, model, LATENT_DIM[posterior], seed, settings.options)
+    guide = make_guide(guide_name, model, pdb.LATENT_DIM[posterior], seed, settings.options)
     schedule = optax.exponential_decay(settings.lr, transition_steps=steps, decay_rate=0.1)
     optim = numpyro.optim.optax_to_numpyro(optax.chain(optax.clip(10.0), optax.adam(schedule)))
     svi = SVI(model, guide, optim, Trace_ELBO(num_particles=settings.particles))
@@ -278,85 +221,22 @@ def run_one(
         log_weights,
         train_s=train_s,
         steps=steps,
-        settings=describe(guide_name, settings, LATENT_DIM[posterior])
+        settings=describe(guide_name, settings, pdb.LATENT_DIM[posterior])
         + (f"; warm start used: {guide.warm_start_}" if hasattr(guide, "warm_start_") else ""),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=None, help="data folder (default ../shared/data)")
-    parser.add_argument(
-        "--posteriors", default=None, help="comma-separated names, or 'all' (the default)"
-    )
-    parser.add_argument("--guides", default=None, help="comma-separated names, or 'all'")
-    parser.add_argument("--steps", type=int, default=None, help="SVI steps (default 10000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="outputs", help="folder for the table and JSON")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a smoke run: few steps and draws, eight_schools_noncentered with AutoFlow-iaf "
-        "unless --posteriors/--guides say otherwise",
-    )
-    args = parser.parse_args(argv)
-
-    root = pdb.resolve_data_dir(args.data)
-    if args.quick:  # a smoke run: one posterior and AutoFlow (JAX compiling dominates it)
-        args.posteriors = args.posteriors or "eight_schools_noncentered"
-        args.guides = args.guides or "AutoFlow-iaf"
-    posteriors = pdb.select(args.posteriors, list(pdb.POSTERIORS), "posteriors")
-    guides = pdb.select(args.guides, pdb.GUIDES, "guides")
-    steps = args.steps or (30 if args.quick else 10_000)
-    eval_draws, moment_draws = (200, 500) if args.quick else (1000, 10_000)
-
-    version, load = pdb.repo_version(), os.getloadavg()[0]  # before the long runs
-    scores: list[pdb.Score] = []
-    total = time.perf_counter()
-    for posterior in posteriors:
-        name = pdb.POSTERIORS[posterior]
-        inputs = pdb.model_inputs(posterior, pdb.load_data(root, name))
-        reference = pdb.load_reference(root, name)
-        for guide_name in guides:
-            try:
-                s = run_one(
-                    posterior,
-                    guide_name,
-                    inputs,
-                    reference,
-                    steps=steps,
-                    eval_draws=eval_draws,
-                    moment_draws=moment_draws,
-                    seed=args.seed,
-                )
-            except Exception as error:  # report and go on with the other runs
-                traceback.print_exc()
-                s = pdb.Score(posterior, guide_name, *[float("nan")] * 6, 0.0, steps, "")
-                s.error = f"{type(error).__name__}: {error}"
-            scores.append(s)
-            print(
-                f"{posterior:26s} {guide_name:24s} elbo {s.elbo:10.2f}  k-hat {s.khat:6.2f}  "
-                f"max err {s.max_mean_err:6.3f}  mean err {s.mean_mean_err:6.3f}  "
-                f"sd ratio [{s.min_sd_ratio:.2f}, {s.max_sd_ratio:.2f}]  {s.train_s:6.1f} s"
-                + (f"  FAILED {s.error}" if s.error else ""),
-                flush=True,
-            )
-    meta = {
-        "command": "python examples/posteriordb_numpyro.py " + shlex.join(sys.argv[1:]),
-        "steps": steps,
-        "importance draws (ELBO, k-hat)": eval_draws,
-        "draws for moments": moment_draws,
-        "seed": args.seed,
-        "pyroflows commit": version,
-        "load average (1 min) at the start": f"{load:.1f} (other processes share the cores)",
-        "total wall time [s]": round(time.perf_counter() - total, 1),
-        "versions": f"jax {jax.__version__}, numpyro {numpyro.__version__}, "
+    return pdb.main(
+        argv,
+        backend="NumPyro",
+        run_one=run_one,
+        default_steps=10_000,
+        quick_guides="AutoFlow-iaf",  # JAX compiling dominates a smoke run
+        versions=f"jax {jax.__version__}, numpyro {numpyro.__version__}, "
         f"optax {optax.__version__}, Python {platform.python_version()}",
-        "machine": f"{platform.machine()}, {jax.devices()[0].platform}",
-    }
-    path = pdb.write_results(Path(args.out), "NumPyro", scores, meta)
-    print(f"wrote {path}")
-    return 0
+        machine=f"{platform.machine()}, {jax.devices()[0].platform}",
+    )
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ Protocol, the same for every guide (`guide_settings` gives each guide's settings
    10000 in the same wall time), the learning rate decaying
    exponentially to a tenth of its initial value over the run (``lrd``), gradients clipped
    elementwise at 10 (ClippedAdam's default). The baselines' learning rates were picked from
-   {3e-3, 1e-2, 3e-2} on 10000-step NumPyro runs (`BASELINE_LR`). AutoFlow warm-starts at
-   the Laplace approximation, so it wants a small learning rate: 3e-3 here (1e-3 in the
-   NumPyro script, with five times the steps); on centered eight schools, where it has no
-   MAP to start from, 1e-2. Training
-   wall time includes the guide's set-up (AutoFlow's MAP/Laplace warm start).
+   {3e-3, 1e-2, 3e-2} on 10000-step NumPyro runs (`posteriordb_data.BASELINE_LR`).
+   AutoFlow warm-starts at the Laplace approximation, so it wants a small learning rate:
+   3e-3 here (1e-3 in the NumPyro script, with five times the steps); on centered eight
+   schools, where it has no MAP to start from, 1e-2. Training wall time includes the
+   guide's set-up (AutoFlow's MAP/Laplace warm start).
 2. Score: 1000 importance draws ``log p(x, z) - log q(z)`` of the trained guide
    (`pyroflows.pyro.importance_log_weights`) give the ELBO (their mean) and the Pareto
    k-hat (ArviZ PSIS on the same draws, exactly what `pyroflows.pyro.psis_diagnostic`
@@ -48,17 +48,12 @@ table) and ``posteriordb_pyro.json`` (all numbers, per parameter too) into ``--o
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import platform
-import shlex
 import sys
 import time
-import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -135,73 +130,24 @@ MODELS: dict[str, Callable] = {
     "gp_pois_regr": gp_pois_regr,
 }
 
-#: Unconstrained latent dimension of each model (sets the guides' hidden widths).
-LATENT_DIM = {
-    "eight_schools_noncentered": 10,
-    "eight_schools_centered": 10,
-    "diamonds": 26,
-    "gp_pois_regr": 13,
-}
-
 # ---------------------------------------------------------------------------------- guides
 
 
-@dataclass
-class GuideSettings:
-    """Training settings of one guide on one posterior."""
-
-    lr: float
-    particles: int = 8
-    options: dict = field(default_factory=dict)  # extra AutoFlow keyword arguments
-
-
-#: The baselines' learning rates, per posterior: the best final ELBO of 10000-step NumPyro
-#: runs over {3e-3, 1e-2, 3e-2} (the Pyro script uses the same ones).
-BASELINE_LR: dict[str, dict[str, float]] = {
-    "AutoNormal": {
-        "eight_schools_noncentered": 1e-2,
-        "eight_schools_centered": 3e-2,
-        "diamonds": 3e-2,
-        "gp_pois_regr": 1e-2,
-    },
-    "AutoMultivariateNormal": {
-        "eight_schools_noncentered": 1e-2,
-        "eight_schools_centered": 3e-2,
-        "diamonds": 3e-2,
-        "gp_pois_regr": 1e-2,
-    },
-    "AutoIAFNormal": {
-        "eight_schools_noncentered": 3e-3,
-        "eight_schools_centered": 3e-3,
-        "diamonds": 3e-3,
-        "gp_pois_regr": 3e-3,
-    },
-}
-
 #: AutoFlow's learning rate (its warm start sits at the Laplace approximation: a small one).
 AUTOFLOW_LR = 3e-3
-#: Centered eight schools has no MAP (the log joint grows without bound as tau -> 0 with
-#: theta -> mu): AutoFlow's MAP search finds no mode there and the guide starts from
-#: ``init_to_median`` with ``init_scale`` instead of the Laplace approximation (it warns),
-#: so its flow has to learn the location and scales too.
+#: AutoFlow's learning rate on centered eight schools, which has no MAP to start from
+#: (see `posteriordb_data.guide_settings`).
 CENTERED_LR = 1e-2
 
 
-def guide_settings(guide: str, posterior: str) -> GuideSettings:
+def guide_settings(guide: str, posterior: str) -> pdb.GuideSettings:
     """The settings used for ``guide`` on ``posterior``."""
-    if guide in BASELINE_LR:
-        return GuideSettings(lr=BASELINE_LR[guide][posterior])
-    # The NSF recipe's default mode ("autoregressive") is MAF-direction: drawing from it runs
-    # the conditioner once per latent dimension and layer, which makes every SVI step 5 to 10
-    # times slower than IAF here; coupling layers draw in one pass.
-    options: dict = {"mode": "coupling"} if guide == "AutoFlow-nsf" else {}
-    lr = CENTERED_LR if posterior == "eight_schools_centered" else AUTOFLOW_LR
-    return GuideSettings(lr=lr, options=options)
+    return pdb.guide_settings(guide, posterior, autoflow_lr=AUTOFLOW_LR, centered_lr=CENTERED_LR)
 
 
 def make_guide(name: str, model: Callable, latent_dim: int, options: dict):
     """A guide by name. Flow guides get 3 layers of width ``max(32, 4 * latent_dim)``."""
-    width = max(32, 4 * latent_dim)
+    width = pdb.flow_width(latent_dim)
     init = init_to_median(num_samples=15)
     if name == "AutoNormal":
         return AutoNormal(model, init_loc_fn=init)
@@ -221,21 +167,17 @@ def make_guide(name: str, model: Callable, latent_dim: int, options: dict):
     raise ValueError(f"unknown guide {name!r}")
 
 
-def _options(options: dict) -> str:
-    options = {"warmup": "laplace", **options}
-    return ", ".join(f"{k}={v!r}" for k, v in options.items())
-
-
-def describe(name: str, settings: GuideSettings, latent_dim: int) -> str:
+def describe(name: str, settings: pdb.GuideSettings, latent_dim: int) -> str:
     """One line of the guide's architecture and training settings, for the table."""
-    width = max(32, 4 * latent_dim)
+    width = pdb.flow_width(latent_dim)
     arch = {
         "AutoNormal": "init_scale 0.1, init_to_median",
         "AutoMultivariateNormal": "init_scale 0.1, init_to_median",
         "AutoIAFNormal": f"num_transforms 3, hidden_dim [{width}, {width}]",
     }.get(
         name,
-        f"transforms 3, hidden ({width}, {width}), init_to_median, " + _options(settings.options),
+        f"transforms 3, hidden ({width}, {width}), init_to_median, "
+        + pdb.autoflow_options(settings.options),
     )
     return (
         f"{arch}; ClippedAdam lr {settings.lr:g} -> {settings.lr / 10:g} (lrd), clip 10, "
@@ -268,7 +210,7 @@ def run_one(
     eval_draws: int,
     moment_draws: int,
     seed: int,
-    settings: GuideSettings | None = None,
+    settings: pdb.pdb.GuideSettings | None = None,
 ) -> pdb.Score:
     model = MODELS[posterior]
     args = tuple(torch.as_tensor(v) for v in inputs.values())
@@ -276,7 +218,7 @@ def run_one(
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     start = time.perf_counter()
-    guide = make_guide(guide_name, model, LATENT_DIM[posterior], settings.options)
+    guide = make_guide(guide_name, model, pdb.LATENT_DIM[posterior], settings.options)
     optim = ClippedAdam({"lr": settings.lr, "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0})
     elbo = Trace_ELBO(num_particles=settings.particles, vectorize_particles=True)
     svi = SVI(model, guide, optim, elbo)
@@ -295,86 +237,23 @@ def run_one(
         log_weights,
         train_s=train_s,
         steps=steps,
-        settings=describe(guide_name, settings, LATENT_DIM[posterior])
+        settings=describe(guide_name, settings, pdb.LATENT_DIM[posterior])
         + (f"; warm start used: {guide.warm_start_}" if hasattr(guide, "warm_start_") else ""),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=None, help="data folder (default ../shared/data)")
-    parser.add_argument(
-        "--posteriors", default=None, help="comma-separated names, or 'all' (the default)"
-    )
-    parser.add_argument("--guides", default=None, help="comma-separated names, or 'all'")
-    parser.add_argument("--steps", type=int, default=None, help="SVI steps (default 2000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="outputs", help="folder for the table and JSON")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a smoke run: few steps and draws, eight_schools_noncentered with AutoNormal and "
-        "AutoFlow-iaf unless --posteriors/--guides say otherwise",
-    )
-    args = parser.parse_args(argv)
-
-    root = pdb.resolve_data_dir(args.data)
-    if args.quick:  # a smoke run: one posterior, one baseline and AutoFlow, unless asked
-        args.posteriors = args.posteriors or "eight_schools_noncentered"
-        args.guides = args.guides or "AutoNormal,AutoFlow-iaf"
-    posteriors = pdb.select(args.posteriors, list(pdb.POSTERIORS), "posteriors")
-    guides = pdb.select(args.guides, pdb.GUIDES, "guides")
-    steps = args.steps or (30 if args.quick else 2000)
-    eval_draws, moment_draws = (200, 500) if args.quick else (1000, 10_000)
     warnings.filterwarnings("ignore", category=FutureWarning)
-
-    version, load = pdb.repo_version(), os.getloadavg()[0]  # before the long runs
-    scores: list[pdb.Score] = []
-    total = time.perf_counter()
-    for posterior in posteriors:
-        name = pdb.POSTERIORS[posterior]
-        inputs = pdb.model_inputs(posterior, pdb.load_data(root, name))
-        reference = pdb.load_reference(root, name)
-        for guide_name in guides:
-            try:
-                s = run_one(
-                    posterior,
-                    guide_name,
-                    inputs,
-                    reference,
-                    steps=steps,
-                    eval_draws=eval_draws,
-                    moment_draws=moment_draws,
-                    seed=args.seed,
-                )
-            except Exception as error:  # report and go on with the other runs
-                traceback.print_exc()
-                s = pdb.Score(posterior, guide_name, *[float("nan")] * 6, 0.0, steps, "")
-                s.error = f"{type(error).__name__}: {error}"
-            scores.append(s)
-            print(
-                f"{posterior:26s} {guide_name:24s} elbo {s.elbo:10.2f}  k-hat {s.khat:6.2f}  "
-                f"max err {s.max_mean_err:6.3f}  mean err {s.mean_mean_err:6.3f}  "
-                f"sd ratio [{s.min_sd_ratio:.2f}, {s.max_sd_ratio:.2f}]  {s.train_s:6.1f} s"
-                + (f"  FAILED {s.error}" if s.error else ""),
-                flush=True,
-            )
-    meta = {
-        "command": "python examples/posteriordb_pyro.py " + shlex.join(sys.argv[1:]),
-        "steps": steps,
-        "importance draws (ELBO, k-hat)": eval_draws,
-        "draws for moments": moment_draws,
-        "seed": args.seed,
-        "pyroflows commit": version,
-        "load average (1 min) at the start": f"{load:.1f} (other processes share the cores)",
-        "total wall time [s]": round(time.perf_counter() - total, 1),
-        "versions": f"torch {torch.__version__}, pyro-ppl {pyro.__version__}, "
+    return pdb.main(
+        argv,
+        backend="Pyro",
+        run_one=run_one,
+        default_steps=2000,
+        quick_guides="AutoNormal,AutoFlow-iaf",
+        versions=f"torch {torch.__version__}, pyro-ppl {pyro.__version__}, "
         f"Python {platform.python_version()}",
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-    }
-    path = pdb.write_results(Path(args.out), "Pyro", scores, meta)
-    print(f"wrote {path}")
-    return 0
+        machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+    )
 
 
 if __name__ == "__main__":
