@@ -159,10 +159,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--patience", type=int, default=50)
     parser.add_argument("--particles", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=int, default=None, help="MLP width (default per data)")
+    parser.add_argument(
+        "--weight-decay", type=float, default=0.0, help="decoupled weight decay (per unit lr)"
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
 
     data = load(args.dataset, args.data)
+    if args.hidden is not None:
+        data["hidden"] = args.hidden
     epochs = args.epochs or (3 if args.quick else 200 if args.dataset == "digits" else 300)
     warmup = args.warmup if args.warmup is not None else min(epochs // 4, 50)
     particles = 2 if args.quick else args.particles
@@ -177,7 +183,11 @@ def main(argv: list[str] | None = None) -> dict:
     for posterior in args.posteriors:
         key = jax.random.key(args.seed)
         model, guide, _ = build(data, posterior, key)
-        svi = SVI(model, guide, numpyro.optim.optax_to_numpyro(optax.adamax(1e-3)), Trace_ELBO())
+        lr = 1e-3
+        optimizer = optax.chain(
+            optax.scale_by_adamax(), optax.add_decayed_weights(args.weight_decay), optax.scale(-lr)
+        )
+        svi = SVI(model, guide, numpyro.optim.optax_to_numpyro(optimizer), Trace_ELBO())
         state = svi.init(jax.random.key(args.seed + 1), train_x[:100])
         update = jax.jit(svi.update)
         evaluate = jax.jit(elbo_loss(Trace_ELBO(num_particles=1), model, guide))
@@ -196,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
             valid = float(evaluate(params, jax.random.key(epoch), valid_x)) / len(valid_x)
             if valid < best and beta == 1.0:
                 best, best_params, best_epoch = valid, params, epoch
-            if epoch % max(1, epochs // 10) == 0 or epoch == epochs:
+            if epoch % max(1, min(50, epochs // 10)) == 0 or epoch == epochs:
                 print(f"  {posterior}: epoch {epoch:4d}  train {total / len(train_x):9.2f}  "
                       f"valid {valid:9.2f}  beta {beta:.2f}")  # fmt: skip
             if beta == 1.0 and epoch - best_epoch > args.patience:
