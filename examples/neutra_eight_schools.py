@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--flow", choices=["nsf", "iaf"], default="nsf", help="AutoFlow recipe")
     parser.add_argument("--lr", type=float, default=1e-2, help="initial SVI learning rate")
+    parser.add_argument("--init-scale", type=float, default=0.1, help="AutoFlow's init_scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     # init_loc_fn (it warns): a larger, decaying learning rate and 8 particles. A spline flow
     # fits the funnel far better than an affine IAF here (see examples/README.md).
     small = dict(flow="iaf", transforms=1, hidden=(16, 16)) if args.quick else {}
-    guide = pfj.AutoFlow(centered, **{"flow": args.flow, **small})
+    guide = pfj.AutoFlow(centered, init_scale=args.init_scale, **{"flow": args.flow, **small})
     schedule = optax.exponential_decay(args.lr, steps, 0.01)
     svi = SVI(centered, guide, numpyro.optim.Adam(schedule), Trace_ELBO(num_particles=8))
     params = svi.run(keys[1], steps, y, sigma, progress_bar=False).params

@@ -13,7 +13,8 @@ The models are written out as in ``../shared/data/README.md`` (and posteriordb's
 in float64 (``jax_enable_x64``), as the reference: the GP's Cholesky factor with a 1e-10
 jitter needs it.
 
-Protocol, the same for every guide (`guide_settings` gives each guide's settings):
+Protocol, the same for every guide and the same as the Pyro script's
+(`posteriordb_data.guide_settings` gives each guide's settings):
 
 1. Train with ``SVI(model, guide, optim, Trace_ELBO(num_particles=8))`` for ``--steps``
    steps (``svi.run``), Adam with the learning rate decaying exponentially to a tenth of
@@ -22,7 +23,7 @@ Protocol, the same for every guide (`guide_settings` gives each guide's settings
    (`posteriordb_data.BASELINE_LR`); AutoFlow uses 1e-3, as its documentation recommends
    (it warm-starts at the Laplace approximation, so a larger rate only adds noise),
    except on centered eight schools, which has no MAP: there its rate was picked by the
-   final ELBO like the baselines' (`CENTERED_LR`). Wall time of training includes
+   final ELBO like the baselines' (`posteriordb_data.CENTERED_LR`). Wall time of training includes
    ``svi.init`` (AutoFlow's MAP/Laplace warm start) and JAX compilation.
 2. Score: 1000 importance draws ``log p(x, z) - log q(z)`` of the trained guide
    (`pyroflows.numpyro.importance_log_weights`) give the ELBO (their mean) and the Pareto
@@ -130,19 +131,6 @@ MODELS: dict[str, Callable] = {
 # ---------------------------------------------------------------------------------- guides
 
 
-#: AutoFlow's learning rate (its warm start sits at the Laplace approximation: a small one).
-AUTOFLOW_LR = 1e-3
-#: AutoFlow's learning rates on centered eight schools, which has no MAP to start from (see
-#: `posteriordb_data.guide_settings`): the best final ELBO of 10000-step runs over
-#: {1e-3, 3e-3, 1e-2} (IAF: -31.67, -31.51, -32.34; NSF: -35.09, -32.05, -31.83).
-CENTERED_LR = {"AutoFlow-iaf": 3e-3, "AutoFlow-nsf": 1e-2}
-
-
-def guide_settings(guide: str, posterior: str) -> pdb.GuideSettings:
-    """The settings used for ``guide`` on ``posterior``."""
-    return pdb.guide_settings(guide, posterior, autoflow_lr=AUTOFLOW_LR, centered_lr=CENTERED_LR)
-
-
 def make_guide(name: str, model: Callable, latent_dim: int, seed: int, options: dict):
     """A guide by name. Flow guides get 3 layers of width ``max(32, 4 * latent_dim)``."""
     width = pdb.flow_width(latent_dim)
@@ -199,7 +187,7 @@ def run_one(
 ) -> pdb.Score:
     model = MODELS[posterior]
     args = tuple(jnp.asarray(v) for v in inputs.values())
-    settings = settings or guide_settings(guide_name, posterior)
+    settings = settings or pdb.guide_settings(guide_name, posterior)
     guide = make_guide(guide_name, model, pdb.LATENT_DIM[posterior], seed, settings.options)
     schedule = optax.exponential_decay(settings.lr, transition_steps=steps, decay_rate=0.1)
     optim = numpyro.optim.optax_to_numpyro(optax.chain(optax.clip(10.0), optax.adam(schedule)))

@@ -14,19 +14,19 @@ in float64 as the reference (the GP's Cholesky factor with a 1e-10 jitter needs 
 plates and with broadcasting in mind, so that ``Trace_ELBO(vectorize_particles=True)`` and
 drawing from a guide under one ``pyro.plate`` work.
 
-Protocol, the same for every guide (`guide_settings` gives each guide's settings):
+Protocol, the same for every guide and the same as the NumPyro script's
+(`posteriordb_data.guide_settings` gives each guide's settings):
 
 1. Train with ``SVI(model, guide, ClippedAdam, Trace_ELBO(num_particles=8,
-   vectorize_particles=True))`` for ``--steps`` steps (default 2000: a Pyro step costs
-   10 to 40 ms here, against about 1 ms for NumPyro's jitted one, so the NumPyro script runs
-   10000 in the same wall time), the learning rate decaying
-   exponentially to a tenth of its initial value over the run (``lrd``), gradients clipped
-   elementwise at 10 (ClippedAdam's default). The baselines' learning rates were picked from
-   {3e-3, 1e-2, 3e-2} on 10000-step NumPyro runs (`posteriordb_data.BASELINE_LR`).
-   AutoFlow warm-starts at the Laplace approximation, so it wants a small learning rate:
-   3e-3 here (1e-3 in the NumPyro script, with five times the steps); on centered eight
-   schools, where it has no MAP to start from, 1e-2. Training wall time includes the
-   guide's set-up (AutoFlow's MAP/Laplace warm start).
+   vectorize_particles=True))`` for ``--steps`` steps (default 10000), the learning rate
+   decaying exponentially to a tenth of its initial value over the run (``lrd``),
+   gradients clipped elementwise at 10 (ClippedAdam's default). The baselines' learning
+   rates were picked from {3e-3, 1e-2, 3e-2} on 10000-step NumPyro runs
+   (`posteriordb_data.BASELINE_LR`). AutoFlow warm-starts at the Laplace approximation, so
+   it wants a small learning rate, 1e-3, except on centered eight schools, which has no MAP:
+   there its rate was picked by the final ELBO like the baselines'
+   (`posteriordb_data.CENTERED_LR`). Training wall time includes the guide's set-up
+   (AutoFlow's MAP/Laplace warm start).
 2. Score: 1000 importance draws ``log p(x, z) - log q(z)`` of the trained guide
    (`pyroflows.pyro.importance_log_weights`) give the ELBO (their mean) and the Pareto
    k-hat (ArviZ PSIS on the same draws, exactly what `pyroflows.pyro.psis_diagnostic`
@@ -133,19 +133,6 @@ MODELS: dict[str, Callable] = {
 # ---------------------------------------------------------------------------------- guides
 
 
-#: AutoFlow's learning rate (its warm start sits at the Laplace approximation: a small one).
-AUTOFLOW_LR = 3e-3
-#: AutoFlow's learning rates on centered eight schools, which has no MAP to start from (see
-#: `posteriordb_data.guide_settings`): the better final ELBO of 2000-step runs with 3e-3 and
-#: 1e-2 (IAF: -32.21, -31.97; NSF: -37.34, -32.53).
-CENTERED_LR = {"AutoFlow-iaf": 1e-2, "AutoFlow-nsf": 1e-2}
-
-
-def guide_settings(guide: str, posterior: str) -> pdb.GuideSettings:
-    """The settings used for ``guide`` on ``posterior``."""
-    return pdb.guide_settings(guide, posterior, autoflow_lr=AUTOFLOW_LR, centered_lr=CENTERED_LR)
-
-
 def make_guide(name: str, model: Callable, latent_dim: int, options: dict):
     """A guide by name. Flow guides get 3 layers of width ``max(32, 4 * latent_dim)``."""
     width = pdb.flow_width(latent_dim)
@@ -215,7 +202,7 @@ def run_one(
 ) -> pdb.Score:
     model = MODELS[posterior]
     args = tuple(torch.as_tensor(v) for v in inputs.values())
-    settings = settings or guide_settings(guide_name, posterior)
+    settings = settings or pdb.guide_settings(guide_name, posterior)
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     start = time.perf_counter()
@@ -249,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         backend="Pyro",
         run_one=run_one,
-        default_steps=2000,
+        default_steps=10_000,
         quick_guides="AutoNormal,AutoFlow-iaf",
         versions=f"torch {torch.__version__}, pyro-ppl {pyro.__version__}, "
         f"Python {platform.python_version()}",

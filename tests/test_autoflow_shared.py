@@ -91,7 +91,7 @@ def test_warm_start_picks_the_laplace_approximation_of_a_gaussian():
         np.zeros(3), warmup="map", init_scale=0.1, max_steps=50,
         potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
     )  # fmt: skip
-    assert name == "map" and np.allclose(tril, 0.1 * np.eye(3))
+    assert name == "map" and np.allclose(tril, tril[0, 0] * np.eye(3))
     loc, tril, name = af.warm_start(
         np.ones(3), warmup=None, init_scale=0.1, max_steps=50,
         potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
@@ -140,3 +140,20 @@ def test_check_arguments_names_the_argument(kwargs, error, match):
     arguments = dict(flow="iaf", warmup="laplace", init_scale=0.1) | kwargs
     with pytest.raises(error, match=match):
         af.check_arguments(**arguments, flow_signature="latent_dim -> Flow")
+
+
+def test_isotropic_candidates_take_the_scale_with_the_best_elbo():
+    potential, derivatives, elbo = _gaussian(np.ones(4), np.eye(4))  # unit scales
+    loc, tril, name = af.warm_start(
+        np.zeros(4), warmup="map", init_scale=0.1, max_steps=50,
+        potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
+    )  # fmt: skip
+    assert name == "map"
+    np.testing.assert_allclose(loc, 1.0, atol=1e-6)
+    np.testing.assert_allclose(tril, np.eye(4))  # 0.1 x 10, not 0.1
+    # warmup=None keeps init_scale as it is
+    _, tril, _ = af.warm_start(
+        np.zeros(4), warmup=None, init_scale=0.1, max_steps=50,
+        potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
+    )  # fmt: skip
+    np.testing.assert_allclose(tril, 0.1 * np.eye(4))

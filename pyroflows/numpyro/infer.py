@@ -56,8 +56,9 @@ class AutoFlow(AutoContinuous):
             ``"nice"``) or a callable ``(latent_dim, key) -> Flow``.
         prefix: Prefix of the guide's parameter sites.
         init_loc_fn: Per-site initialisation; the MAP search starts there.
-        init_scale: Scale of the affine layer when ``warmup`` is off or the Laplace
-            approximation fails.
+        init_scale: Scale of the affine layer with ``warmup=None``; otherwise the smallest
+            of the isotropic scales tried (``init_scale`` x 1, 3.2 and 10, the best Monte
+            Carlo ELBO wins) where the Laplace approximation is not used.
         warmup: ``"laplace"`` (default), ``"map"`` or ``None``, as in the torch backend.
         warmup_steps: Maximum Newton (or L-BFGS) iterations of the MAP search.
         num_samples: Monte Carlo draws used by `median` and `quantiles`.

@@ -56,12 +56,13 @@ class AutoFlow(AutoContinuous):
             ``"nice"``) or a callable ``latent_dim -> Flow``.
         init_loc_fn: Per-site initialisation (as for Pyro's autoguides); the MAP search
             starts there.
-        init_scale: Scale of the affine layer when ``warmup`` is off or the Laplace
-            approximation fails.
+        init_scale: Scale of the affine layer with ``warmup=None``; otherwise the smallest
+            of the isotropic scales tried (``init_scale`` x 1, 3.2 and 10, the best Monte
+            Carlo ELBO wins) where the Laplace approximation is not used.
         warmup: ``"laplace"`` (default): MAP by saddle-free Newton (L-BFGS above 300
             latent dimensions), then the affine layer is set to the Laplace approximation
-            if its Monte Carlo ELBO beats the other starts; ``"map"``: MAP location with
-            ``init_scale``; ``None``: the ``init_loc_fn`` location with ``init_scale``.
+            if its Monte Carlo ELBO beats the other starts; ``"map"``: MAP location with an
+            isotropic scale; ``None``: the ``init_loc_fn`` location with ``init_scale``.
         warmup_steps: Maximum Newton (or L-BFGS) iterations of the MAP search.
         num_samples: Monte Carlo draws used by `median` and `quantiles`.
         **flow_kwargs: Passed to the recipe (``transforms``, ``hidden``, ``bins``, ...).
