@@ -228,3 +228,16 @@ def test_neutra_reparam_runs_nuts_on_the_warped_space():
     assert samples["v"].shape == (50,)
     assert samples["x"].shape == (50, 2)
     assert np.isfinite(samples["v"]).all() and np.isfinite(samples["x"]).all()
+
+
+@pytest.mark.parametrize("warmup", ["laplace", None])
+def test_first_call_under_jit_falls_back_to_the_init_start(warmup, recwarn):
+    (x, y), _, _ = regression_data()
+    guide = AutoFlow(regression, transforms=1, warmup=warmup, init_scale=0.5)
+    svi = SVI(regression, guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
+    state = jax.jit(svi.init)(jax.random.key(0), x, y)
+    messages = [str(w.message) for w in recwarn]
+    assert any("under a JAX transformation" in m for m in messages) == (warmup is not None)
+    assert guide.warm_start_ == "init"
+    fixed = guide.flow(svi.get_params(state)).layers[-1]
+    np.testing.assert_allclose(fixed.scale_tril, 0.5 * np.eye(3))

@@ -168,13 +168,14 @@ class AutoFlow(AutoContinuous):
         hands it the model's jitted potential and derivatives as float64 numpy callbacks.
         """
         dtype = init.dtype
-        if isinstance(init, jax.core.Tracer):
-            warnings.warn(
-                "AutoFlow was first called under a JAX transformation (jit/vmap), so the MAP "
-                "warm start cannot run; falling back to warmup=None. Call svi.init (or the "
-                "guide once) outside jit to get the Laplace warm start.",
-                stacklevel=3,
-            )
+        if self._warmup is None or isinstance(init, jax.core.Tracer):
+            if self._warmup is not None:
+                warnings.warn(
+                    "AutoFlow was first called under a JAX transformation (jit/vmap), so the "
+                    "MAP warm start cannot run; falling back to warmup=None. Call svi.init (or "
+                    "the guide once) outside jit to get the Laplace warm start.",
+                    stacklevel=3,
+                )
             self.warm_start_ = "init"
             return init, self._init_scale * jnp.eye(self.latent_dim, dtype=dtype)
         potential = self._potential
