@@ -195,22 +195,41 @@ def negative_elbo(vae: VAE, data: Tensor, particles: int = 1, batch: int = 100) 
     return total / len(data)
 
 
-def train(vae: VAE, data: dict, epochs: int, warmup: int, patience: int, seed: int, log) -> dict:
+def train(
+    vae: VAE,
+    data: dict,
+    epochs: int,
+    warmup: int,
+    patience: int,
+    seed: int,
+    log,
+    weight_decay: float = 0.0,
+) -> dict:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     train_x, valid_x = (torch.as_tensor(data[k]) for k in ("train", "valid"))
-    optim = pyro.optim.Adamax({"lr": 1e-3})
+    lr = 1e-3
+    optim = pyro.optim.Adamax({"lr": lr})
     svi = SVI(vae.model, vae.guide, optim, Trace_ELBO())
+
+    def step(batch: Tensor) -> float:
+        loss = svi.step(batch)
+        if weight_decay:  # decoupled weight decay, as optax.add_decayed_weights in JAX
+            with torch.no_grad():
+                for p in vae.parameters():
+                    p.mul_(1.0 - lr * weight_decay)
+        return loss
+
     best, best_state, best_epoch, history = math.inf, None, 0, []
     for epoch in range(1, epochs + 1):
         vae.beta = min(1.0, epoch / max(1, warmup))
         order = torch.randperm(len(train_x))
-        loss = sum(svi.step(train_x[i]) for i in order.split(100)) / len(train_x)
+        loss = sum(step(train_x[i]) for i in order.split(100)) / len(train_x)
         valid = negative_elbo(vae, valid_x)
         history.append((epoch, loss, valid))
         if valid < best and vae.beta == 1.0:
             best, best_state, best_epoch = valid, copy.deepcopy(vae.state_dict()), epoch
-        if epoch % max(1, epochs // 10) == 0 or epoch == epochs:
+        if epoch % max(1, min(50, epochs // 10)) == 0 or epoch == epochs:
             log(f"  epoch {epoch:4d}  train {loss:9.2f}  valid {valid:9.2f} nats  β {vae.beta:.2f}")
         if vae.beta == 1.0 and epoch - best_epoch > patience:
             log(f"  early stop at epoch {epoch} (best validation at {best_epoch})")
@@ -267,11 +286,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--patience", type=int, default=50)
     parser.add_argument("--particles", type=int, default=100, help="test ELBO draws")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=int, default=None, help="MLP width (default per data)")
+    parser.add_argument(
+        "--weight-decay", type=float, default=0.0, help="decoupled weight decay (per unit lr)"
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs"))
     parser.add_argument("--quick", action="store_true", help="a few epochs: a smoke run")
     args = parser.parse_args(argv)
 
     data = load(args.dataset, args.data)
+    if args.hidden is not None:
+        data["hidden"] = args.hidden
     epochs = args.epochs or (3 if args.quick else 200 if args.dataset == "digits" else 300)
     warmup = args.warmup if args.warmup is not None else min(epochs // 4, 50)
     particles = 2 if args.quick else args.particles
@@ -288,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
         vae = VAE(data, posterior)
         print(f"{posterior} posterior ({sum(p.numel() for p in vae.parameters())} parameters)")
         start = time.perf_counter()
-        info = train(vae, data, epochs, warmup, args.patience, args.seed, print)
+        info = train(vae, data, epochs, warmup, args.patience, args.seed, print, args.weight_decay)
         seconds = time.perf_counter() - start
         pyro.set_rng_seed(args.seed)
         nats = negative_elbo(vae, test, particles=particles, batch=20)
