@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--weight-decay", type=float, default=0.0, help="decoupled weight decay (per unit lr)"
     )
+    parser.add_argument("--iaf-transforms", type=int, default=2, help="IAF layers")
     parser.add_argument("--out", type=Path, default=Path("outputs"))
     parser.add_argument("--quick", action="store_true", help="a few epochs: a smoke run")
     args = parser.parse_args(argv)
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
     results, vaes = {}, {}
     for posterior in args.posteriors:
         torch.manual_seed(args.seed)
-        vae = VAE(data, posterior)
+        vae = VAE(data, posterior, args.iaf_transforms)
         print(f"{posterior} posterior ({sum(p.numel() for p in vae.parameters())} parameters)")
         start = time.perf_counter()
         info = train(vae, data, epochs, warmup, args.patience, args.seed, print, args.weight_decay)

@@ -111,7 +111,7 @@ class Encoder(eqx.Module):
         return loc, jax.nn.softplus(raw) + 1e-4, h
 
 
-def build(settings: dict, posterior: str, key: jax.Array):
+def build(settings: dict, posterior: str, key: jax.Array, transforms: int = 2):
     pixels = int(np.prod(settings["shape"]))
     latent, hidden, kind = settings["latent"], settings["hidden"], settings["likelihood"]
     out = pixels if kind == "bernoulli" else pixels * 3 * MIXTURE
@@ -120,7 +120,7 @@ def build(settings: dict, posterior: str, key: jax.Array):
     encoder = Encoder(pixels, hidden, latent, context, kind != "bernoulli", k1)
     decoder = MLP([latent, hidden, hidden, out], k2)
     iaf = (
-        pfj.AmortizedIAF(latent, context, transforms=2, hidden=(hidden, hidden), key=k3)
+        pfj.AmortizedIAF(latent, context, transforms=transforms, hidden=(hidden, hidden), key=k3)
         if posterior == "iaf"
         else None
     )
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--weight-decay", type=float, default=0.0, help="decoupled weight decay (per unit lr)"
     )
+    parser.add_argument("--iaf-transforms", type=int, default=2, help="IAF layers")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
 
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for posterior in args.posteriors:
         key = jax.random.key(args.seed)
-        model, guide, _ = build(data, posterior, key)
+        model, guide, _ = build(data, posterior, key, args.iaf_transforms)
         lr = 1e-3
         optimizer = optax.chain(
             optax.scale_by_adamax(), optax.add_decayed_weights(args.weight_decay), optax.scale(-lr)
