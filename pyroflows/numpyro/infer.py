@@ -186,6 +186,17 @@ class AutoFlow(AutoContinuous):
             return jnp.where(jnp.isfinite(value), value, jnp.inf)
 
         derivatives = jax.jit(lambda z: (jax.grad(potential)(z), jax.hessian(potential)(z)))
+        # the Monte Carlo ELBO of every candidate uses the same draws and one compiled potential
+        batch_potential = jax.jit(jax.vmap(potential))
+        eps = jax.random.normal(jax.random.key(0), (256, self.latent_dim), dtype)
+
+        def gaussian_elbo(loc: np.ndarray, scale_tril: np.ndarray) -> float:
+            """ELBO (up to a constant) of ``Normal(loc, scale_tril scale_tril^T)``."""
+            loc, tril = jnp.asarray(loc, dtype), jnp.asarray(scale_tril, dtype)
+            values = batch_potential(loc + eps @ tril.T)
+            value = float(-values.mean() + jnp.log(jnp.abs(jnp.diagonal(tril))).sum())
+            return value if np.isfinite(value) else -np.inf
+
         loc, scale_tril, self.warm_start_ = warm_start(
             np.asarray(init, dtype=np.float64),
             warmup=self._warmup,
@@ -193,19 +204,10 @@ class AutoFlow(AutoContinuous):
             max_steps=self._warmup_steps,
             potential=lambda z: float(safe(jnp.asarray(z, dtype))),
             derivatives=lambda z: _numpy(derivatives(jnp.asarray(z, dtype))),
-            gaussian_elbo=lambda m, s: self._gaussian_elbo(
-                jnp.asarray(m, dtype), jnp.asarray(s, dtype)
-            ),
+            gaussian_elbo=gaussian_elbo,
             lbfgs=lambda z: np.asarray(self._map_lbfgs(safe, jnp.asarray(z, dtype)), np.float64),
         )
         return jnp.asarray(loc, dtype), jnp.asarray(scale_tril, dtype)
-
-    def _gaussian_elbo(self, loc: Array, scale_tril: Array, draws: int = 256) -> float:
-        """ELBO (up to a constant) of ``Normal(loc, scale_tril scale_tril^T)``, common draws."""
-        eps = jax.random.normal(jax.random.key(0), (draws, self.latent_dim), loc.dtype)
-        potential = jax.jit(jax.vmap(self._potential))(loc + eps @ scale_tril.T)
-        value = float(-potential.mean() + jnp.log(jnp.abs(jnp.diagonal(scale_tril))).sum())
-        return value if np.isfinite(value) else -np.inf
 
     # ------------------------------------------------------------------ posterior
     def get_base_dist(self) -> dist.Distribution:
