@@ -44,6 +44,7 @@ __all__ = [
     "derive",
     "model_inputs",
     "score",
+    "score_guide",
     "elbo_and_khat",
     "write_results",
     "select",
@@ -343,6 +344,33 @@ def score(
             for n, e, r in zip(reference.names, mean_err, sd_ratio, strict=True)
         },
     )
+
+
+def score_guide(
+    posterior: str,
+    guide_name: str,
+    guide: object,
+    samples: Mapping[str, np.ndarray],
+    inputs: Mapping,
+    reference: Reference,
+    log_weights: np.ndarray,
+    *,
+    train_s: float,
+    steps: int,
+    settings: str,
+) -> Score:
+    """`score` a trained guide from its draws of the model's latent sites (numpy arrays).
+
+    The reference parameters are derived from ``samples`` (`derive`), and AutoFlow's
+    chosen warm start (``guide.warm_start_``) is appended to the settings text.
+    """
+    draws = flatten_draws(derive(posterior, samples, inputs), reference.names)
+    if hasattr(guide, "warm_start_"):
+        settings += f"; warm start used: {guide.warm_start_}"
+    return score(
+        posterior, guide_name, draws, reference, log_weights,
+        train_s=train_s, steps=steps, settings=settings,
+    )  # fmt: skip
 
 
 def _fmt(x: float, digits: int = 2) -> str:

@@ -183,7 +183,7 @@ def run_one(
     eval_draws: int,
     moment_draws: int,
     seed: int,
-    settings: pdb.pdb.GuideSettings | None = None,
+    settings: pdb.GuideSettings | None = None,
 ) -> pdb.Score:
     model = MODELS[posterior]
     args = tuple(jnp.asarray(v) for v in inputs.values())
@@ -202,18 +202,17 @@ def run_one(
         model, guide, *args, params=params, key=key_eval, num_samples=eval_draws
     )
     samples = guide.sample_posterior(key_draws, params, *args, sample_shape=(moment_draws,))
-    samples = pdb.derive(posterior, {k: np.asarray(v) for k, v in samples.items()}, inputs)
-    draws = pdb.flatten_draws(samples, reference.names)
-    return pdb.score(
+    return pdb.score_guide(
         posterior,
         guide_name,
-        draws,
+        guide,
+        {k: np.asarray(v) for k, v in samples.items()},
+        inputs,
         reference,
         log_weights,
         train_s=train_s,
         steps=steps,
-        settings=describe(guide_name, settings, pdb.LATENT_DIM[posterior])
-        + (f"; warm start used: {guide.warm_start_}" if hasattr(guide, "warm_start_") else ""),
+        settings=describe(guide_name, settings, pdb.LATENT_DIM[posterior]),
     )
 
 

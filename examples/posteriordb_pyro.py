@@ -198,7 +198,7 @@ def run_one(
     eval_draws: int,
     moment_draws: int,
     seed: int,
-    settings: pdb.pdb.GuideSettings | None = None,
+    settings: pdb.GuideSettings | None = None,
 ) -> pdb.Score:
     model = MODELS[posterior]
     args = tuple(torch.as_tensor(v) for v in inputs.values())
@@ -215,18 +215,17 @@ def run_one(
     train_s = time.perf_counter() - start
 
     log_weights = pf.importance_log_weights(model, guide, *args, num_samples=eval_draws)
-    samples = pdb.derive(posterior, guide_draws(guide, moment_draws, *args), inputs)
-    draws = pdb.flatten_draws(samples, reference.names)
-    return pdb.score(
+    return pdb.score_guide(
         posterior,
         guide_name,
-        draws,
+        guide,
+        guide_draws(guide, moment_draws, *args),
+        inputs,
         reference,
         log_weights,
         train_s=train_s,
         steps=steps,
-        settings=describe(guide_name, settings, pdb.LATENT_DIM[posterior])
-        + (f"; warm start used: {guide.warm_start_}" if hasattr(guide, "warm_start_") else ""),
+        settings=describe(guide_name, settings, pdb.LATENT_DIM[posterior]),
     )
 
 

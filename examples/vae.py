@@ -42,7 +42,6 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import time
@@ -56,7 +55,7 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from torch import Tensor, nn
 from torch.nn import functional as F
-from vae_data import MIXTURE, ROOT, load
+from vae_data import MIXTURE, parse_args
 
 import pyroflows.pyro as pf
 
@@ -277,30 +276,7 @@ def mean_image(vae: VAE, z: Tensor) -> np.ndarray:
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", choices=["digits", "freyfaces"], default="digits")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--posteriors", nargs="+", default=["gaussian", "iaf"])
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=None, help="KL warm-up epochs")
-    parser.add_argument("--patience", type=int, default=50)
-    parser.add_argument("--particles", type=int, default=100, help="test ELBO draws")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hidden", type=int, default=None, help="MLP width (default per data)")
-    parser.add_argument(
-        "--weight-decay", type=float, default=0.0, help="decoupled weight decay (per unit lr)"
-    )
-    parser.add_argument("--iaf-transforms", type=int, default=2, help="IAF layers")
-    parser.add_argument("--out", type=Path, default=Path("outputs"))
-    parser.add_argument("--quick", action="store_true", help="a few epochs: a smoke run")
-    args = parser.parse_args(argv)
-
-    data = load(args.dataset, args.data)
-    if args.hidden is not None:
-        data["hidden"] = args.hidden
-    epochs = args.epochs or (3 if args.quick else 200 if args.dataset == "digits" else 300)
-    warmup = args.warmup if args.warmup is not None else min(epochs // 4, 50)
-    particles = 2 if args.quick else args.particles
+    args, data, epochs, warmup, particles = parse_args(__doc__.split("\n")[0], argv, out=True)
     pixels = int(np.prod(data["shape"]))
     test = torch.as_tensor(data["test"])
     print(

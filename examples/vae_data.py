@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import pickle
 from pathlib import Path
 
@@ -41,3 +42,40 @@ def load(dataset: str, data_dir: Path) -> dict:
         train=train, valid=valid, test=test, shape=(28, 20), latent=64, hidden=512,
         likelihood="categorical256",
     )  # fmt: skip
+
+
+def parse_args(
+    description: str, argv: list[str] | None, *, out: bool
+) -> tuple[argparse.Namespace, dict, int, int, int]:
+    """The command line shared by ``vae.py`` and ``vae_numpyro.py`` (``out``: a figure folder).
+
+    Returns:
+        ``(args, data, epochs, warmup, particles)``: the parsed arguments, `load`'s data with
+        ``--hidden`` applied, the epoch count, the KL warm-up epochs and the test ELBO draws.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--dataset", choices=["digits", "freyfaces"], default="digits")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--posteriors", nargs="+", default=["gaussian", "iaf"])
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None, help="KL warm-up epochs")
+    parser.add_argument("--patience", type=int, default=50)
+    parser.add_argument("--particles", type=int, default=100, help="test ELBO draws")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=int, default=None, help="MLP width (default per data)")
+    parser.add_argument(
+        "--weight-decay", type=float, default=0.0, help="decoupled weight decay (per unit lr)"
+    )
+    parser.add_argument("--iaf-transforms", type=int, default=2, help="IAF layers")
+    if out:
+        parser.add_argument("--out", type=Path, default=Path("outputs"))
+    parser.add_argument("--quick", action="store_true", help="a few epochs: a smoke run")
+    args = parser.parse_args(argv)
+
+    data = load(args.dataset, args.data)
+    if args.hidden is not None:
+        data["hidden"] = args.hidden
+    epochs = args.epochs or (3 if args.quick else 200 if args.dataset == "digits" else 300)
+    warmup = args.warmup if args.warmup is not None else min(epochs // 4, 50)
+    particles = 2 if args.quick else args.particles
+    return args, data, epochs, warmup, particles

@@ -20,10 +20,8 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -34,7 +32,7 @@ import numpyro.distributions as dist
 import optax
 from numpyro.contrib.module import eqx_module
 from numpyro.infer import SVI, Trace_ELBO
-from vae_data import MIXTURE, ROOT, load
+from vae_data import MIXTURE, parse_args
 
 import pyroflows.numpyro as pfj
 
@@ -150,29 +148,7 @@ def elbo_loss(elbo: Trace_ELBO, model, guide):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", choices=["digits", "freyfaces"], default="digits")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--posteriors", nargs="+", default=["gaussian", "iaf"])
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--patience", type=int, default=50)
-    parser.add_argument("--particles", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hidden", type=int, default=None, help="MLP width (default per data)")
-    parser.add_argument(
-        "--weight-decay", type=float, default=0.0, help="decoupled weight decay (per unit lr)"
-    )
-    parser.add_argument("--iaf-transforms", type=int, default=2, help="IAF layers")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-
-    data = load(args.dataset, args.data)
-    if args.hidden is not None:
-        data["hidden"] = args.hidden
-    epochs = args.epochs or (3 if args.quick else 200 if args.dataset == "digits" else 300)
-    warmup = args.warmup if args.warmup is not None else min(epochs // 4, 50)
-    particles = 2 if args.quick else args.particles
+    args, data, epochs, warmup, particles = parse_args(__doc__.split("\n")[0], argv, out=False)
     pixels = int(np.prod(data["shape"]))
     train_x, valid_x, test_x = (jnp.asarray(data[k]) for k in ("train", "valid", "test"))
     print(
