@@ -131,7 +131,9 @@ AUTOFLOW_LR = 1e-3
 #: no mode and the guide starts from ``init_to_median`` with an isotropic scale (it warns):
 #: its flow has to learn the location and the scales too. Picked like the baselines', by
 #: the final ELBO of 10000-step NumPyro runs over {1e-3, 3e-3, 1e-2} (never by the
-#: reference draws): IAF -31.57, -31.53, -31.44; NSF -31.96, -31.75, -31.94.
+#: reference draws): IAF -31.57, -31.53, -31.44; NSF -31.96, -31.75, -31.94. Command:
+#: ``posteriordb_numpyro.py --posteriors eight_schools_centered --guides AutoFlow-iaf,AutoFlow-nsf
+#: --lr LR``.
 CENTERED_LR: dict[str, float] = {"AutoFlow-iaf": 1e-2, "AutoFlow-nsf": 3e-3}
 
 
@@ -484,7 +486,7 @@ def main(
         argv: Command-line arguments (``None``: ``sys.argv[1:]``).
         backend: ``"Pyro"`` or ``"NumPyro"`` (names the script and the output files).
         run_one: ``(posterior, guide, inputs, reference, *, steps, eval_draws, moment_draws,
-            seed) -> Score``: trains one guide and scores it.
+            seed, settings) -> Score``: trains one guide and scores it.
         default_steps: SVI steps of a full run.
         quick_guides: The guides of a ``--quick`` run.
         versions: Library versions, for the table's run notes.
@@ -501,6 +503,12 @@ def main(
         "--steps", type=int, default=None, help=f"SVI steps (default {default_steps})"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate for every guide instead of the protocol's (to pick rates by ELBO)",
+    )
     parser.add_argument("--out", default="outputs", help="folder for the table and JSON")
     parser.add_argument(
         "--quick",
@@ -528,6 +536,9 @@ def main(
         reference = load_reference(root, name)
         for guide_name in guides:
             try:
+                settings = guide_settings(guide_name, posterior)
+                if args.lr is not None:
+                    settings.lr = args.lr
                 s = run_one(
                     posterior,
                     guide_name,
@@ -537,6 +548,7 @@ def main(
                     eval_draws=eval_draws,
                     moment_draws=moment_draws,
                     seed=args.seed,
+                    settings=settings,
                 )
             except Exception as error:  # report and go on with the other runs
                 traceback.print_exc()
