@@ -93,30 +93,116 @@ class MLP(eqx.Module):
         return jax.vmap(self.net)(flat).reshape(*x.shape[:-1], -1)
 
 
+class GatedConv(eqx.Module):
+    """A 3x3 convolution gated by a second one, ``a(x) * sigmoid(b(x))``, residual where the
+    shapes match (see vae.py)."""
+
+    conv: eqx.nn.Conv2d | eqx.nn.ConvTranspose2d
+    residual: bool = eqx.field(static=True)
+
+    def __init__(self, cin, cout, stride=1, transpose=False, *, key) -> None:
+        self.residual = cin == cout and stride == 1
+        if transpose:
+            self.conv = eqx.nn.ConvTranspose2d(
+                cin, 2 * cout, 3, stride, padding=1, output_padding=stride - 1, key=key
+            )
+        else:
+            self.conv = eqx.nn.Conv2d(cin, 2 * cout, 3, stride, 1, key=key)
+
+    def __call__(self, x):
+        a, b = jnp.split(self.conv(x), 2, axis=0)
+        return x + a * jax.nn.sigmoid(b) if self.residual else a * jax.nn.sigmoid(b)
+
+
+class ConvNet(eqx.Module):
+    """Gated convolutional encoder or decoder, as `vae.py`'s ``ConvNet`` (any batch shape)."""
+
+    linear: eqx.nn.Linear
+    convs: list
+    bias: jax.Array | None
+    shape: tuple[int, int] = eqx.field(static=True)
+    grid: tuple[int, int, int] = eqx.field(static=True)
+    decoder: bool = eqx.field(static=True)
+
+    def __init__(self, shape, channels, features, *, key, decoder=False, outputs_per_pixel=1):
+        height, width = shape
+        if height % 4 or width % 4:
+            raise ValueError(f"shape: expected height and width divisible by 4, got {shape}")
+        c, grid = channels, (2 * channels, height // 4, width // 4)
+        self.shape, self.grid, self.decoder = tuple(shape), grid, decoder
+        keys = jax.random.split(key, 7)
+        if decoder:
+            self.linear = eqx.nn.Linear(features, int(np.prod(grid)), key=keys[0])
+            self.bias = jnp.zeros(height * width * outputs_per_pixel)
+            self.convs = [
+                GatedConv(2 * c, 2 * c, key=keys[1]),
+                GatedConv(2 * c, c, 2, transpose=True, key=keys[2]),
+                GatedConv(c, c, key=keys[3]),
+                GatedConv(c, c, 2, transpose=True, key=keys[4]),
+                GatedConv(c, c, key=keys[5]),
+                eqx.nn.Conv2d(c, outputs_per_pixel, 1, key=keys[6]),
+            ]
+        else:
+            self.convs = [
+                GatedConv(1, c, key=keys[1]),
+                GatedConv(c, c, 2, key=keys[2]),
+                GatedConv(c, 2 * c, key=keys[3]),
+                GatedConv(2 * c, 2 * c, 2, key=keys[4]),
+                GatedConv(2 * c, 2 * c, key=keys[5]),
+            ]
+            self.linear = eqx.nn.Linear(int(np.prod(grid)), features, key=keys[0])
+            self.bias = None
+
+    def single(self, x):
+        if self.decoder:
+            y = jax.nn.elu(self.linear(x)).reshape(self.grid)
+            for layer in self.convs:
+                y = layer(y)
+            return jnp.moveaxis(y, 0, -1).reshape(-1) + self.bias  # pixel-major
+        y = x.reshape(1, *self.shape)
+        for layer in self.convs:
+            y = layer(y)
+        return self.linear(y.reshape(-1))
+
+    def __call__(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        return jax.vmap(self.single)(flat).reshape(*x.shape[:-1], -1)
+
+
 class Encoder(eqx.Module):
-    mlp: MLP
+    net: MLP | ConvNet
     sizes: tuple[int, int, int] = eqx.field(static=True)
     rescale: bool = eqx.field(static=True)
 
-    def __init__(self, pixels, hidden, latent, context, rescale, key) -> None:
+    def __init__(self, pixels, hidden, latent, context, rescale, key, shape=(0, 0), channels=0):
         self.sizes = (latent, latent, context)
         self.rescale = rescale
-        self.mlp = MLP([pixels, hidden, hidden, 2 * latent + context], key)
+        out = 2 * latent + context
+        self.net = (
+            ConvNet(shape, channels, out, key=key)
+            if channels
+            else MLP([pixels, hidden, hidden, out], key)
+        )
 
     def __call__(self, x):
         x = x / 127.5 - 1.0 if self.rescale else x
-        loc, raw, h = jnp.split(self.mlp(x), np.cumsum(self.sizes)[:2], axis=-1)
+        loc, raw, h = jnp.split(self.net(x), np.cumsum(self.sizes)[:2], axis=-1)
         return loc, jax.nn.softplus(raw) + 1e-4, h
 
 
-def build(settings: dict, posterior: str, key: jax.Array, transforms: int = 2):
+def build(settings: dict, posterior: str, key: jax.Array, transforms: int = 2, channels: int = 0):
     pixels = int(np.prod(settings["shape"]))
     latent, hidden, kind = settings["latent"], settings["hidden"], settings["likelihood"]
     out = pixels if kind == "bernoulli" else pixels * 3 * MIXTURE
     context = 2 * latent if posterior == "iaf" else 0
     k1, k2, k3 = jax.random.split(key, 3)
-    encoder = Encoder(pixels, hidden, latent, context, kind != "bernoulli", k1)
-    decoder = MLP([latent, hidden, hidden, out], k2)
+    shape = settings["shape"]
+    encoder = Encoder(pixels, hidden, latent, context, kind != "bernoulli", k1, shape, channels)
+    decoder = (
+        ConvNet(shape, channels, latent, key=k2, decoder=True, outputs_per_pixel=out // pixels)
+        if channels
+        else MLP([latent, hidden, hidden, out], k2)
+    )
     iaf = (
         pfj.AmortizedIAF(latent, context, transforms=transforms, hidden=(hidden, hidden), key=k3)
         if posterior == "iaf"
@@ -159,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for posterior in args.posteriors:
         key = jax.random.key(args.seed)
-        model, guide, _ = build(data, posterior, key, args.iaf_transforms)
+        model, guide, _ = build(data, posterior, key, args.iaf_transforms, args.channels)
         lr = 1e-3
         optimizer = optax.chain(
             optax.scale_by_adamax(), optax.add_decayed_weights(args.weight_decay), optax.scale(-lr)

@@ -52,17 +52,22 @@ def test_example_quick_run(script: str, figure: str, backend: str, tmp_path: Pat
 
 
 INFERENCE_SCRIPTS = [
-    ("vae.py", "torch", "| iaf |"),
-    ("vae_numpyro.py", "numpyro", "| iaf |"),
+    ("vae.py", "torch", "| iaf |", ()),
+    ("vae_numpyro.py", "numpyro", "| iaf |", ()),
+    # the gated conv nets (--channels) on the 8x8 digits, IAF posterior only
+    ("vae.py", "torch", "| iaf |", ("--channels", "4", "--posteriors", "iaf")),
+    ("vae_numpyro.py", "numpyro", "| iaf |", ("--channels", "4", "--posteriors", "iaf")),
 ]
 
 
-@pytest.mark.parametrize(("script", "backend", "marker"), INFERENCE_SCRIPTS)
-def test_inference_example_quick_run(script: str, backend: str, marker: str, tmp_path: Path):
+@pytest.mark.parametrize(("script", "backend", "marker", "extra"), INFERENCE_SCRIPTS)
+def test_inference_example_quick_run(
+    script: str, backend: str, marker: str, extra: tuple[str, ...], tmp_path: Path
+):
     pytest.importorskip(backend)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), "--quick"],
+        [sys.executable, str(EXAMPLES / script), "--quick", *extra],
         capture_output=True,
         text=True,
         timeout=300,
