@@ -76,6 +76,12 @@ def recipe_kwargs(name: str, latent_dim: int, user_kwargs: Mapping[str, Any]) ->
     return kwargs
 
 
+#: The Newton search stops when, for ``RUNAWAY_STEPS`` steps in a row, the Hessian's largest
+#: absolute eigenvalue is ``RUNAWAY_GROWTH`` times the one at the start and its condition
+#: number exceeds ``1 / SINGULAR`` (numerically singular in float64).
+RUNAWAY_GROWTH, SINGULAR, RUNAWAY_STEPS = 1e6, 1e-15, 5
+
+
 def newton_map(
     init: np.ndarray,
     potential: Callable[[np.ndarray], float],
@@ -89,6 +95,10 @@ def newton_map(
     scales differ by orders of magnitude converge in a few steps, and the absolute values
     turn saddle directions into descent directions.
 
+    On a posterior without a mode (a funnel) the potential falls without end while the
+    curvature blows up; the search then stops early (see ``RUNAWAY_GROWTH``) and the
+    caller's mode test rejects the point.
+
     Returns:
         The best point and the gradient and Hessian there (``None`` if they were not finite
         or the start is not finite), so the caller need not differentiate again.
@@ -98,6 +108,7 @@ def newton_map(
     if not np.isfinite(value):
         return z, None, None
     damping, converged = 1e-3, False
+    first_top, singular_steps = None, 0
     for _ in range(max_steps + 1):
         grad, hessian = derivatives(z)
         if not (np.isfinite(grad).all() and np.isfinite(hessian).all()):
@@ -107,6 +118,14 @@ def newton_map(
         eigval, eigvec = np.linalg.eigh(0.5 * (hessian + hessian.T))
         size = np.abs(eigval)
         top = float(size.max()) + 1e-30
+        first_top = first_top or top
+        # Running off to a singularity (a funnel's neck): the curvature has grown by orders
+        # of magnitude and the Hessian is numerically singular in float64, step after step.
+        # No mode lies ahead; stop instead of creeping on for the whole step budget.
+        runaway = top > RUNAWAY_GROWTH * first_top and size.min() < SINGULAR * top
+        singular_steps = singular_steps + 1 if runaway else 0
+        if singular_steps >= RUNAWAY_STEPS:
+            break
         projected = eigvec.T @ grad
         for _ in range(40):
             candidate = z - eigvec @ (projected / (size + damping * top))

@@ -157,3 +157,31 @@ def test_isotropic_candidates_take_the_scale_with_the_best_elbo():
         potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
     )  # fmt: skip
     np.testing.assert_allclose(tril, 0.1 * np.eye(4))
+
+
+def test_newton_stops_early_where_the_potential_falls_without_end():
+    # a funnel with a flat prior on the log-scale v: x_i ~ Normal(0, exp(v / 2)) and
+    # y_i ~ Normal(x_i, 1). As v -> -inf the potential falls like n v / 2: no mode.
+    y = np.array([1.0, -0.5, 2.0])
+    n, calls = len(y), []
+
+    def potential(z):
+        v, x = z[0], z[1:]
+        return float(0.5 * np.exp(-v) * x @ x + 0.5 * n * v + 0.5 * (x - y) @ (x - y))
+
+    def derivatives(z):
+        calls.append(z)
+        v, x = z[0], z[1:]
+        a = np.exp(-v)
+        grad = np.concatenate([[-0.5 * a * x @ x + 0.5 * n], a * x + (x - y)])
+        hessian = np.diag(np.concatenate([[0.5 * a * x @ x], np.full(n, a + 1.0)]))
+        hessian[0, 1:] = hessian[1:, 0] = -a * x
+        return grad, hessian
+
+    start = np.zeros(n + 1)
+    with np.errstate(over="ignore"):  # line-search trials far down the funnel overflow exp
+        z, grad, hessian = af.newton_map(start, potential, derivatives, max_steps=500)
+    assert potential(z) < potential(start) - 10.0  # it did run down the funnel
+    assert z[0] < -20.0
+    assert len(calls) < 100  # instead of the whole budget of 500 steps
+    assert not af.is_mode(grad, hessian)
