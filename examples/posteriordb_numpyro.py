@@ -20,10 +20,8 @@ Protocol, the same for every guide and the same as the Pyro script's
    steps (``svi.run``), Adam with the learning rate decaying exponentially to a tenth of
    its initial value over the run, gradients clipped elementwise at 10. The baselines'
    learning rates were picked per posterior from {3e-3, 1e-2, 3e-2} by the final ELBO
-   (`posteriordb_data.BASELINE_LR`); AutoFlow uses 1e-3, as its documentation recommends
-   (it warm-starts at the Laplace approximation, so a larger rate only adds noise),
-   except on centered eight schools, which has no MAP: there its rate was picked by the
-   final ELBO like the baselines' (`posteriordb_data.CENTERED_LR`). Wall time of training includes
+   (`posteriordb_data.BASELINE_LR`); AutoFlow's from {1e-3, 3e-3, 1e-2} the same way
+   (`posteriordb_data.AUTOFLOW_LR`). Wall time of training includes
    ``svi.init`` (AutoFlow's MAP/Laplace warm start) and JAX compilation.
 2. Score: 1000 importance draws ``log p(x, z) - log q(z)`` of the trained guide
    (`pyroflows.numpyro.importance_log_weights`) give the ELBO (their mean) and the Pareto

@@ -22,10 +22,8 @@ Protocol, the same for every guide and the same as the NumPyro script's
    decaying exponentially to a tenth of its initial value over the run (``lrd``),
    gradients clipped elementwise at 10 (ClippedAdam's default). The baselines' learning
    rates were picked from {3e-3, 1e-2, 3e-2} on 10000-step NumPyro runs
-   (`posteriordb_data.BASELINE_LR`). AutoFlow warm-starts at the Laplace approximation, so
-   it wants a small learning rate, 1e-3, except on centered eight schools, which has no MAP:
-   there its rate was picked by the final ELBO like the baselines'
-   (`posteriordb_data.CENTERED_LR`). Training wall time includes the guide's set-up
+   (`posteriordb_data.BASELINE_LR`), AutoFlow's from {1e-3, 3e-3, 1e-2} the same way
+   (`posteriordb_data.AUTOFLOW_LR`). Training wall time includes the guide's set-up
    (AutoFlow's MAP/Laplace warm start).
 2. Score: 1000 importance draws ``log p(x, z) - log q(z)`` of the trained guide
    (`pyroflows.pyro.importance_log_weights`) give the ELBO (their mean) and the Pareto
