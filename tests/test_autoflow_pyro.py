@@ -213,6 +213,21 @@ def test_init_loc_fn_sets_the_start_without_warm_up():
     torch.testing.assert_close(median["s"], start["s"], atol=0.1, rtol=0)
 
 
+def test_the_warm_start_leaves_the_global_rng_alone():
+    # The MAP search and the candidates' ELBOs evaluate the potential hundreds of times; it
+    # conditions every latent site, so none of it may draw from the global RNG (it did,
+    # through init_to_median, which made runs depend on the number of Newton steps).
+    (x, y), _, _ = regression_data()
+    states = []
+    for warmup in (None, "laplace"):
+        pyro.set_rng_seed(0)
+        guide = AutoFlow(regression, warmup=warmup)
+        guide(x, y)  # set-up: the prototype trace (init_to_median) and the warm start
+        states.append(torch.random.get_rng_state())
+    assert guide.warm_start_ == "laplace"
+    assert torch.equal(states[0], states[1])
+
+
 def test_a_callable_flow_and_its_checks():
     def model():
         pyro.sample("x", dist.Normal(torch.zeros(3), 1.0).to_event(1))

@@ -100,6 +100,12 @@ class AutoFlow(AutoContinuous):
         self.num_samples = int(num_samples)
         self._subsamples = None
         super().__init__(model, init_loc_fn=init_loc_fn)
+        # AutoContinuous wraps ``self.model`` in an InitMessenger, which runs ``init_loc_fn``
+        # at every latent site of every model run (init_to_median draws prior samples). The
+        # potential conditions every latent site, so it runs the bare model: no wasted draws
+        # and no use of the global RNG. Kept out of nn.Module's registry, so that a
+        # PyroModule model does not become a submodule of its guide.
+        self.__dict__["_bare_model"] = model
 
     # ------------------------------------------------------------------ set-up
     def _build_flow(self) -> Flow:
@@ -137,7 +143,7 @@ class AutoFlow(AutoContinuous):
             values[site["name"]] = value
             ld = transform.log_abs_det_jacobian(unconstrained, value)
             log_det = log_det + ld.sum()
-        model = poutine.condition(self.model, data=values)
+        model = poutine.condition(self._bare_model, data=values)
         if self._subsamples is not None:  # one fixed minibatch: a deterministic potential
             model = poutine.replay(model, trace=self._subsamples)
         with poutine.block():
