@@ -43,7 +43,6 @@ __all__ = [
     "flatten_draws",
     "derive",
     "model_inputs",
-    "score",
     "score_guide",
     "elbo_and_khat",
     "write_results",
@@ -321,10 +320,12 @@ def elbo_and_khat(log_weights: np.ndarray) -> tuple[float, float]:
     return float(log_weights.mean()), float(np.asarray(k))
 
 
-def score(
+def score_guide(
     posterior: str,
-    guide: str,
-    draws: np.ndarray,
+    guide_name: str,
+    guide: object,
+    samples: Mapping[str, np.ndarray],
+    inputs: Mapping,
     reference: Reference,
     log_weights: np.ndarray,
     *,
@@ -332,18 +333,23 @@ def score(
     steps: int,
     settings: str,
 ) -> Score:
-    """Score guide draws ``(num_draws, num_params)`` against the reference.
+    """Score a trained guide from its draws of the model's latent sites (numpy arrays).
 
-    Mean error is ``|guide mean - reference mean| / reference sd`` per parameter; the sd ratio
-    is ``guide sd / reference sd``.
+    The reference parameters are derived from ``samples`` (`derive`). Mean error is
+    ``|guide mean - reference mean| / reference sd`` per parameter; the sd ratio is
+    ``guide sd / reference sd``; ELBO and k-hat come from ``log_weights``. AutoFlow's chosen
+    warm start (``guide.warm_start_``) is appended to the settings text.
     """
+    draws = flatten_draws(derive(posterior, samples, inputs), reference.names)
+    if hasattr(guide, "warm_start_"):
+        settings += f"; warm start used: {guide.warm_start_}"
     mean_err = np.abs(draws.mean(0) - reference.mean) / reference.sd
     sd_ratio = draws.std(0, ddof=1) / reference.sd
     elbo, khat = elbo_and_khat(log_weights)
     worst = int(np.nanargmax(mean_err)) if np.isfinite(mean_err).any() else 0
     return Score(
         posterior=posterior,
-        guide=guide,
+        guide=guide_name,
         elbo=elbo,
         khat=khat,
         max_mean_err=float(np.max(mean_err)),
@@ -359,33 +365,6 @@ def score(
             for n, e, r in zip(reference.names, mean_err, sd_ratio, strict=True)
         },
     )
-
-
-def score_guide(
-    posterior: str,
-    guide_name: str,
-    guide: object,
-    samples: Mapping[str, np.ndarray],
-    inputs: Mapping,
-    reference: Reference,
-    log_weights: np.ndarray,
-    *,
-    train_s: float,
-    steps: int,
-    settings: str,
-) -> Score:
-    """`score` a trained guide from its draws of the model's latent sites (numpy arrays).
-
-    The reference parameters are derived from ``samples`` (`derive`), and AutoFlow's
-    chosen warm start (``guide.warm_start_``) is appended to the settings text.
-    """
-    draws = flatten_draws(derive(posterior, samples, inputs), reference.names)
-    if hasattr(guide, "warm_start_"):
-        settings += f"; warm start used: {guide.warm_start_}"
-    return score(
-        posterior, guide_name, draws, reference, log_weights,
-        train_s=train_s, steps=steps, settings=settings,
-    )  # fmt: skip
 
 
 def _fmt(x: float, digits: int = 2) -> str:
