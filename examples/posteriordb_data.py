@@ -45,7 +45,10 @@ __all__ = [
     "model_inputs",
     "score_guide",
     "elbo_and_khat",
+    "Summary",
+    "summarize",
     "write_results",
+    "merge_results",
     "select",
     "repo_version",
     "LATENT_DIM",
@@ -307,6 +310,7 @@ class Score:
     worst_param: str = ""
     per_param: dict = field(default_factory=dict)
     error: str = ""
+    seed: int = 0
 
 
 def elbo_and_khat(log_weights: np.ndarray) -> tuple[float, float]:
@@ -375,15 +379,90 @@ def _fmt(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
-def _target(s: Score) -> str:
+def _target(s: Score | Summary) -> str:
     if s.error:
         return "failed"
     return "yes" if s.khat < 0.7 and s.max_mean_err < 0.1 else "no"
 
 
+@dataclass
+class Summary:
+    """The scores of one (posterior, guide) pair over its seeds: means, and min and max."""
+
+    posterior: str
+    guide: str
+    seeds: list[int]
+    elbo: float
+    khat: float
+    khat_range: tuple[float, float]
+    max_mean_err: float
+    max_mean_err_range: tuple[float, float]
+    mean_mean_err: float
+    min_sd_ratio: float
+    max_sd_ratio: float
+    train_s: float
+    worst_param: str
+    error: str = ""
+
+
+def summarize(scores: Sequence[Score]) -> list[Summary]:
+    """Group the runs by (posterior, guide), in order of first appearance, over their seeds.
+
+    ELBO, k-hat, max and mean mean error and training time are averaged over the seeds (a
+    failed seed makes the pair failed); the sd-ratio extremes are taken over all seeds; the
+    worst parameter is the one with the largest mean error averaged over the seeds.
+    """
+    groups: dict[tuple[str, str], list[Score]] = {}
+    for s in scores:
+        groups.setdefault((s.posterior, s.guide), []).append(s)
+    summaries = []
+    for (posterior, guide), runs in groups.items():
+        errors = "; ".join(f"seed {r.seed}: {r.error}" for r in runs if r.error)
+        ok = [r for r in runs if not r.error] or runs
+        khats = [r.khat for r in ok]
+        max_errs = [r.max_mean_err for r in ok]
+        params = ok[0].per_param
+        worst = max(
+            params,
+            key=lambda n: np.mean([r.per_param[n]["mean_err"] for r in ok]),
+            default="",
+        )
+        summaries.append(
+            Summary(
+                posterior=posterior,
+                guide=guide,
+                seeds=[r.seed for r in runs],
+                elbo=float(np.mean([r.elbo for r in ok])),
+                khat=float(np.mean(khats)),
+                khat_range=(float(np.min(khats)), float(np.max(khats))),
+                max_mean_err=float(np.mean(max_errs)),
+                max_mean_err_range=(float(np.min(max_errs)), float(np.max(max_errs))),
+                mean_mean_err=float(np.mean([r.mean_mean_err for r in ok])),
+                min_sd_ratio=float(np.min([r.min_sd_ratio for r in ok])),
+                max_sd_ratio=float(np.max([r.max_sd_ratio for r in ok])),
+                train_s=float(np.mean([r.train_s for r in ok])),
+                worst_param=worst,
+                error=errors,
+            )
+        )
+    return summaries
+
+
+def _with_range(mean: float, span: tuple[float, float], digits: int, several: bool) -> str:
+    text = _fmt(mean, digits)
+    return f"{text} ({_fmt(span[0], digits)}-{_fmt(span[1], digits)})" if several else text
+
+
 def write_results(out: Path, backend: str, scores: Sequence[Score], meta: Mapping) -> Path:
-    """Write ``posteriordb_<backend>.md`` (a table) and ``.json`` (all numbers) into ``out``."""
+    """Write ``posteriordb_<backend>.md`` (a table) and ``.json`` (all numbers) into ``out``.
+
+    With several seeds per (posterior, guide), the main table holds the means over the seeds
+    with their range in brackets, and a second table lists every run.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    summaries = summarize(scores)
+    several = any(len(m.seeds) > 1 for m in summaries)
+    seeds = sorted({s.seed for s in scores})
     lines = [
         f"# posteriordb: variational guides, {backend}",
         "",
@@ -398,21 +477,44 @@ def write_results(out: Path, backend: str, scores: Sequence[Score], meta: Mappin
         " over the parameters with reference draws; target: k-hat < 0.7 and max mean error"
         " < 0.1.",
         "",
-        "| posterior | guide | ELBO | k-hat | max mean err (param) | mean mean err "
-        "| sd ratio min | sd ratio max | train [s] | target |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for s in scores:
+    if several:
+        lines += [
+            f"Means over seeds {', '.join(map(str, seeds))} (min-max in brackets; the target"
+            " is judged on the means; sd ratios are the extremes over all seeds).",
+            "",
+        ]
+    lines += [
+        "| posterior | guide | ELBO | k-hat | max mean err | worst param | mean mean err "
+        "| sd ratio min | sd ratio max | train [s] | target |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for m in summaries:
         lines.append(
-            f"| {s.posterior} | {s.guide} | {_fmt(s.elbo)} | {_fmt(s.khat)} | "
-            f"{_fmt(s.max_mean_err, 3)} ({s.worst_param}) | {_fmt(s.mean_mean_err, 3)} | "
-            f"{_fmt(s.min_sd_ratio)} | {_fmt(s.max_sd_ratio)} | {_fmt(s.train_s, 1)} | "
-            f"{_target(s)} |"
+            f"| {m.posterior} | {m.guide} | {_fmt(m.elbo)} | "
+            f"{_with_range(m.khat, m.khat_range, 2, several)} | "
+            f"{_with_range(m.max_mean_err, m.max_mean_err_range, 3, several)} | "
+            f"{m.worst_param} | {_fmt(m.mean_mean_err, 3)} | "
+            f"{_fmt(m.min_sd_ratio)} | {_fmt(m.max_sd_ratio)} | {_fmt(m.train_s, 1)} | "
+            f"{_target(m)} |"
         )
+    if several:
+        lines += [
+            "",
+            "Every run:",
+            "",
+            "| posterior | guide | seed | ELBO | k-hat | max mean err (param) | target |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        for s in scores:
+            lines.append(
+                f"| {s.posterior} | {s.guide} | {s.seed} | {_fmt(s.elbo)} | {_fmt(s.khat)} | "
+                f"{_fmt(s.max_mean_err, 3)} ({s.worst_param}) | {_target(s)} |"
+            )
     failed = [s for s in scores if s.error]
     if failed:
         lines += ["", "Failures:", ""]
-        lines += [f"- {s.posterior} / {s.guide}: {s.error}" for s in failed]
+        lines += [f"- {s.posterior} / {s.guide} (seed {s.seed}): {s.error}" for s in failed]
     lines += ["", "Settings:", ""]
     seen = set()
     for s in scores:
@@ -424,9 +526,41 @@ def write_results(out: Path, backend: str, scores: Sequence[Score], meta: Mappin
     stem = f"posteriordb_{'pyro' if backend == 'Pyro' else 'numpyro'}"
     path = out / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")
-    payload = {"backend": backend, "meta": dict(meta), "scores": [vars(s) for s in scores]}
+    payload = {
+        "backend": backend,
+        "meta": dict(meta),
+        "summary": [vars(m) for m in summaries],
+        "scores": [vars(s) for s in scores],
+    }
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     return path
+
+
+def merge_results(folders: Sequence[Path], out: Path, backend: str, command: str) -> Path:
+    """Combine the JSON results of several runs (e.g. one per core or per seed) into one table.
+
+    The runs are ordered by posterior, guide (table order) and seed; a (posterior, guide,
+    seed) present in two folders is an error. Each source run's notes are kept, numbered.
+    """
+    stem = f"posteriordb_{'pyro' if backend == 'Pyro' else 'numpyro'}"
+    scores: list[Score] = []
+    meta: dict = {"command": command}
+    for i, folder in enumerate(folders, start=1):
+        path = Path(folder) / f"{stem}.json"
+        if not path.is_file():
+            sys.exit(f"--merge: no {stem}.json in {folder}")
+        payload = json.loads(path.read_text())
+        scores += [Score(**s) for s in payload["scores"]]
+        for key, value in payload["meta"].items():
+            meta[f"run {i}: {key}"] = value
+    keys = [(s.posterior, s.guide, s.seed) for s in scores]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        sys.exit(f"--merge: these (posterior, guide, seed) runs appear twice: {repeated}")
+    order = {name: i for i, name in enumerate(POSTERIORS)}
+    rank = {name: i for i, name in enumerate(GUIDES)}
+    scores.sort(key=lambda s: (order.get(s.posterior, 99), rank.get(s.guide, 99), s.seed))
+    return write_results(out, backend, scores, meta)
 
 
 def repo_version() -> str:
@@ -462,6 +596,54 @@ def select(requested: str | None, known: Sequence[str], what: str) -> list[str]:
 RunOne = Callable[..., "Score"]
 
 
+def _seeds(text: str) -> list[int]:
+    """Parse ``--seeds`` ("0,1,2"), exiting with a message on anything but integers."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sys.exit(f"--seeds takes comma-separated integers such as 0,1,2, got {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        sys.exit(f"--seeds takes distinct comma-separated integers such as 0,1,2, got {text!r}")
+    return seeds
+
+
+def _run_safely(
+    run_one: RunOne,
+    posterior: str,
+    guide_name: str,
+    inputs: Mapping,
+    reference: Reference,
+    *,
+    steps: int,
+    eval_draws: int,
+    moment_draws: int,
+    seed: int,
+    lr: float | None,
+) -> Score:
+    """One training run and its scores; an exception is printed and recorded, not raised."""
+    try:
+        settings = guide_settings(guide_name, posterior)
+        if lr is not None:
+            settings.lr = lr
+        s = run_one(
+            posterior,
+            guide_name,
+            inputs,
+            reference,
+            steps=steps,
+            eval_draws=eval_draws,
+            moment_draws=moment_draws,
+            seed=seed,
+            settings=settings,
+        )
+    except Exception as error:  # report and go on with the other runs
+        traceback.print_exc()
+        s = Score(posterior, guide_name, *[float("nan")] * 6, 0.0, steps, "")
+        s.error = f"{type(error).__name__}: {error}"
+    s.seed = seed
+    return s
+
+
 def main(
     argv: list[str] | None,
     *,
@@ -494,7 +676,21 @@ def main(
     parser.add_argument(
         "--steps", type=int, default=None, help=f"SVI steps (default {default_steps})"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the seed of a single-seed run")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds (e.g. 0,1,2): every guide trains once per seed and the "
+        "table reports the means over the seeds",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="train nothing: combine the results of earlier runs (their --out folders, e.g. "
+        "one run per core) into one table in --out",
+    )
     parser.add_argument(
         "--lr",
         type=float,
@@ -509,6 +705,13 @@ def main(
         "unless --posteriors/--guides say otherwise",
     )
     args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    command = f"python examples/{script} " + shlex.join(arguments)
+    if args.merge:
+        path = merge_results([Path(m) for m in args.merge], Path(args.out), backend, command)
+        print(f"wrote {path}")
+        return 0
+    seeds = _seeds(args.seeds) if args.seeds is not None else [args.seed]
 
     root = resolve_data_dir(args.data)
     if args.quick:  # a smoke run: one posterior and few guides, unless asked
@@ -517,7 +720,7 @@ def main(
     posteriors = select(args.posteriors, list(POSTERIORS), "posteriors")
     guides = select(args.guides, GUIDES, "guides")
     steps = args.steps or (30 if args.quick else default_steps)
-    eval_draws, moment_draws = (200, 500) if args.quick else (1000, 10_000)
+    eval_draws, moment_draws = (200, 500) if args.quick else (10_000, 10_000)
 
     version, load = repo_version(), os.getloadavg()[0]  # before the long runs
     scores: list[Score] = []
@@ -527,11 +730,9 @@ def main(
         inputs = model_inputs(posterior, load_data(root, name))
         reference = load_reference(root, name)
         for guide_name in guides:
-            try:
-                settings = guide_settings(guide_name, posterior)
-                if args.lr is not None:
-                    settings.lr = args.lr
-                s = run_one(
+            for seed in seeds:
+                s = _run_safely(
+                    run_one,
                     posterior,
                     guide_name,
                     inputs,
@@ -539,28 +740,24 @@ def main(
                     steps=steps,
                     eval_draws=eval_draws,
                     moment_draws=moment_draws,
-                    seed=args.seed,
-                    settings=settings,
+                    seed=seed,
+                    lr=args.lr,
                 )
-            except Exception as error:  # report and go on with the other runs
-                traceback.print_exc()
-                s = Score(posterior, guide_name, *[float("nan")] * 6, 0.0, steps, "")
-                s.error = f"{type(error).__name__}: {error}"
-            scores.append(s)
-            print(
-                f"{posterior:26s} {guide_name:24s} elbo {s.elbo:10.2f}  k-hat {s.khat:6.2f}  "
-                f"max err {s.max_mean_err:6.3f}  mean err {s.mean_mean_err:6.3f}  "
-                f"sd ratio [{s.min_sd_ratio:.2f}, {s.max_sd_ratio:.2f}]  {s.train_s:6.1f} s"
-                + (f"  FAILED {s.error}" if s.error else ""),
-                flush=True,
-            )
-    arguments = sys.argv[1:] if argv is None else argv
+                scores.append(s)
+                print(
+                    f"{posterior:26s} {guide_name:24s} seed {seed:3d} elbo {s.elbo:10.2f}  "
+                    f"k-hat {s.khat:6.2f}  max err {s.max_mean_err:6.3f}  "
+                    f"mean err {s.mean_mean_err:6.3f}  "
+                    f"sd ratio [{s.min_sd_ratio:.2f}, {s.max_sd_ratio:.2f}]  {s.train_s:6.1f} s"
+                    + (f"  FAILED {s.error}" if s.error else ""),
+                    flush=True,
+                )
     meta = {
-        "command": f"python examples/{script} " + shlex.join(arguments),
+        "command": command,
         "steps": steps,
         "importance draws (ELBO, k-hat)": eval_draws,
         "draws for moments": moment_draws,
-        "seed": args.seed,
+        "seeds": ", ".join(map(str, seeds)),
         "pyroflows commit": version,
         "load average (1 min) at the start": f"{load:.1f} (other processes share the cores)",
         "total wall time [s]": round(time.perf_counter() - total, 1),

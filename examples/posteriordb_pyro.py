@@ -212,7 +212,9 @@ def run_one(
         svi.step(*args)
     train_s = time.perf_counter() - start
 
-    log_weights = pf.importance_log_weights(model, guide, *args, num_samples=eval_draws)
+    log_weights = pf.importance_log_weights(
+        model, guide, *args, num_samples=eval_draws, vectorize=True
+    )
     return pdb.score_guide(
         posterior,
         guide_name,

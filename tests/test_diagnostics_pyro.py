@@ -63,3 +63,63 @@ def test_to_inference_data_summarises_guide_draws():
     summary = arviz.summary(idata)
     np.testing.assert_allclose(summary["mean"].to_numpy(), 0.2, atol=0.15)
     np.testing.assert_allclose(summary["sd"].to_numpy(), 1.0, atol=0.1)
+
+
+def regression_model(x, y):
+    """A conjugate model with a data plate: y_i ~ Normal(w x_i, 0.5), w ~ Normal(0, 1)."""
+    w = pyro.sample("w", dist.Normal(x.new_tensor(0.0), 1.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("y", dist.Normal(w * x, 0.5), obs=y)  # w: () or (draws, 1)
+
+
+def regression_posterior_and_evidence(x, y):
+    precision = 1.0 + (x**2).sum() / 0.25
+    mean = (x * y).sum() / 0.25 / precision
+    evidence = dist.MultivariateNormal(
+        torch.zeros(len(x)), torch.eye(len(x)) * 0.25 + x[:, None] * x[None, :]
+    ).log_prob(y)
+    return mean, precision.rsqrt(), float(evidence)
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_the_exact_posterior_gets_constant_weights_equal_to_the_log_evidence(vectorize):
+    x = torch.linspace(-1.0, 1.0, 5)
+    y = torch.tensor([-0.9, -0.2, 0.1, 0.8, 1.3])
+    mean, sd, log_evidence = regression_posterior_and_evidence(x, y)
+
+    def exact_guide(x, y):
+        pyro.sample("w", dist.Normal(mean, sd))
+
+    weights = importance_log_weights(
+        regression_model, exact_guide, x, y, num_samples=300, vectorize=vectorize
+    )
+    assert weights.shape == (300,)
+    np.testing.assert_allclose(weights, log_evidence, atol=1e-4)
+
+
+def test_vectorized_weights_match_the_looped_ones_in_distribution():
+    x = torch.linspace(-1.0, 1.0, 5)
+    y = torch.tensor([-0.9, -0.2, 0.1, 0.8, 1.3])
+    mean, sd, _ = regression_posterior_and_evidence(x, y)
+
+    def rough_guide(x, y):  # too wide and off-centre: weights vary
+        pyro.sample("w", dist.Normal(mean + 0.3 * sd, 2.0 * sd))
+
+    looped = importance_log_weights(regression_model, rough_guide, x, y, num_samples=2000)
+    fast = importance_log_weights(
+        regression_model, rough_guide, x, y, num_samples=2000, vectorize=True
+    )
+    assert np.std(fast) > 0.1
+    np.testing.assert_allclose(fast.mean(), looped.mean(), atol=0.05)
+    np.testing.assert_allclose(fast.std(), looped.std(), rtol=0.15)
+    k_fast = psis_diagnostic(regression_model, rough_guide, x, y, num_samples=4000, vectorize=True)
+    assert k_fast < 0.5  # a wider guide has bounded weights
+
+
+def test_vectorize_explains_a_model_that_does_not_broadcast():
+    def scalar_model():
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(w.reshape(()), 1.0), obs=torch.tensor(0.3))
+
+    with pytest.raises((ValueError, RuntimeError), match="vectorize|shape"):
+        importance_log_weights(scalar_model, scalar_model, num_samples=10, vectorize=True)

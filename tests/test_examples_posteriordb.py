@@ -62,3 +62,105 @@ def test_posteriordb_missing_data_exits_with_message(tmp_path: Path) -> None:
         sys.path.remove(str(EXAMPLES))
     with pytest.raises(SystemExit, match="posteriordb data not found"):
         posteriordb_data.resolve_data_dir(str(tmp_path / "nowhere"))
+
+
+def _import_posteriordb_data():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import posteriordb_data
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    return posteriordb_data
+
+
+def _score(pdb, posterior: str, guide: str, seed: int, khat: float, err: float, error: str = ""):
+    return pdb.Score(
+        posterior=posterior,
+        guide=guide,
+        elbo=-10.0 - seed,
+        khat=khat,
+        max_mean_err=err,
+        mean_mean_err=err / 2,
+        min_sd_ratio=0.9 + 0.01 * seed,
+        max_sd_ratio=1.1 + 0.01 * seed,
+        train_s=1.0,
+        steps=10,
+        settings="s",
+        worst_param="a",
+        per_param={
+            "a": {"mean_err": err, "sd_ratio": 1.0},
+            "b": {"mean_err": 0.01, "sd_ratio": 1.0},
+        },
+        error=error,
+        seed=seed,
+    )
+
+
+def test_summaries_average_over_seeds_and_judge_the_target_on_the_means() -> None:
+    pdb = _import_posteriordb_data()
+    scores = [
+        _score(pdb, "diamonds", "AutoFlow-iaf", 0, khat=0.9, err=0.02),
+        _score(pdb, "diamonds", "AutoFlow-iaf", 1, khat=0.3, err=0.04),
+        _score(pdb, "diamonds", "AutoFlow-iaf", 2, khat=0.6, err=0.06),
+        _score(pdb, "diamonds", "AutoNormal", 0, khat=0.2, err=0.5),
+    ]
+    flow, normal = pdb.summarize(scores)
+    assert (flow.guide, flow.seeds) == ("AutoFlow-iaf", [0, 1, 2])
+    assert flow.khat == pytest.approx(0.6)
+    assert flow.khat_range == (0.3, 0.9)
+    assert flow.max_mean_err == pytest.approx(0.04)
+    assert flow.max_mean_err_range == (0.02, 0.06)
+    assert flow.elbo == pytest.approx(-11.0)
+    assert (flow.min_sd_ratio, flow.max_sd_ratio) == (0.9, pytest.approx(1.12))
+    assert pdb._target(flow) == "yes"  # seed 0 alone (k-hat 0.9) would miss it
+    assert pdb._target(scores[0]) == "no"
+    assert normal.seeds == [0] and pdb._target(normal) == "no"
+
+
+def test_a_failed_seed_marks_the_pair_failed() -> None:
+    pdb = _import_posteriordb_data()
+    nan = float("nan")
+    scores = [
+        _score(pdb, "gp_pois_regr", "AutoFlow-nsf", 0, khat=0.4, err=0.05),
+        _score(pdb, "gp_pois_regr", "AutoFlow-nsf", 1, khat=nan, err=nan, error="ValueError: x"),
+    ]
+    (summary,) = pdb.summarize(scores)
+    assert summary.khat == pytest.approx(0.4)  # the means are over the seeds that ran
+    assert "seed 1: ValueError: x" in summary.error
+    assert pdb._target(summary) == "failed"
+
+
+def test_merge_combines_runs_in_table_order_and_rejects_repeats(tmp_path: Path) -> None:
+    pdb = _import_posteriordb_data()
+    first = [_score(pdb, "gp_pois_regr", "AutoFlow-iaf", 1, khat=0.5, err=0.05)]
+    second = [
+        _score(pdb, "gp_pois_regr", "AutoFlow-iaf", 0, khat=0.7, err=0.07),
+        _score(pdb, "diamonds", "AutoNormal", 0, khat=1.2, err=10.0),
+    ]
+    pdb.write_results(tmp_path / "a", "Pyro", first, {"command": "run a"})
+    pdb.write_results(tmp_path / "b", "Pyro", second, {"command": "run b"})
+    pdb.merge_results([tmp_path / "a", tmp_path / "b"], tmp_path / "all", "Pyro", "merge")
+    payload = json.loads((tmp_path / "all" / "posteriordb_pyro.json").read_text())
+    order = [(s["posterior"], s["guide"], s["seed"]) for s in payload["scores"]]
+    assert order == [
+        ("diamonds", "AutoNormal", 0),
+        ("gp_pois_regr", "AutoFlow-iaf", 0),
+        ("gp_pois_regr", "AutoFlow-iaf", 1),
+    ]
+    (_, flow) = payload["summary"]
+    assert flow["khat"] == pytest.approx(0.6)
+    assert payload["meta"]["run 1: command"] == "run a"
+    table = (tmp_path / "all" / "posteriordb_pyro.md").read_text()
+    assert "| gp_pois_regr | AutoFlow-iaf | -10.50 | 0.60 (0.50-0.70) |" in table
+    assert "Every run:" in table
+    with pytest.raises(SystemExit, match="appear twice"):
+        pdb.merge_results([tmp_path / "a", tmp_path / "a"], tmp_path / "x", "Pyro", "merge")
+
+
+def test_seeds_must_be_distinct_integers() -> None:
+    pdb = _import_posteriordb_data()
+    assert pdb._seeds("0, 1,2") == [0, 1, 2]
+    with pytest.raises(SystemExit, match="--seeds"):
+        pdb._seeds("0,a")
+    with pytest.raises(SystemExit, match="--seeds"):
+        pdb._seeds("1,1")
