@@ -17,6 +17,7 @@ repository root.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -608,36 +609,27 @@ def _seeds(text: str) -> list[int]:
 
 
 def _run_safely(
-    run_one: RunOne,
+    train: functools.partial,
     posterior: str,
     guide_name: str,
     inputs: Mapping,
     reference: Reference,
     *,
-    steps: int,
-    eval_draws: int,
-    moment_draws: int,
     seed: int,
     lr: float | None,
 ) -> Score:
-    """One training run and its scores; an exception is printed and recorded, not raised."""
+    """One training run and its scores; an exception is printed and recorded, not raised.
+
+    ``train`` is the script's ``run_one`` with the step and draw counts bound.
+    """
     try:
         settings = guide_settings(guide_name, posterior)
         if lr is not None:
             settings.lr = lr
-        s = run_one(
-            posterior,
-            guide_name,
-            inputs,
-            reference,
-            steps=steps,
-            eval_draws=eval_draws,
-            moment_draws=moment_draws,
-            seed=seed,
-            settings=settings,
-        )
+        s = train(posterior, guide_name, inputs, reference, seed=seed, settings=settings)
     except Exception as error:  # report and go on with the other runs
         traceback.print_exc()
+        steps = train.keywords.get("steps", 0)
         s = Score(posterior, guide_name, *[float("nan")] * 6, 0.0, steps, "")
         s.error = f"{type(error).__name__}: {error}"
     s.seed = seed
@@ -722,6 +714,9 @@ def main(
     steps = args.steps or (30 if args.quick else default_steps)
     eval_draws, moment_draws = (200, 500) if args.quick else (10_000, 10_000)
 
+    train = functools.partial(
+        run_one, steps=steps, eval_draws=eval_draws, moment_draws=moment_draws
+    )
     version, load = repo_version(), os.getloadavg()[0]  # before the long runs
     scores: list[Score] = []
     total = time.perf_counter()
@@ -732,16 +727,7 @@ def main(
         for guide_name in guides:
             for seed in seeds:
                 s = _run_safely(
-                    run_one,
-                    posterior,
-                    guide_name,
-                    inputs,
-                    reference,
-                    steps=steps,
-                    eval_draws=eval_draws,
-                    moment_draws=moment_draws,
-                    seed=seed,
-                    lr=args.lr,
+                    train, posterior, guide_name, inputs, reference, seed=seed, lr=args.lr
                 )
                 scores.append(s)
                 print(

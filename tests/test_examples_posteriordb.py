@@ -7,6 +7,7 @@ The numbers of the full runs are in ``examples/results/posteriordb_*.md``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -164,3 +165,16 @@ def test_seeds_must_be_distinct_integers() -> None:
         pdb._seeds("0,a")
     with pytest.raises(SystemExit, match="--seeds"):
         pdb._seeds("1,1")
+
+
+def test_a_run_that_raises_is_recorded_as_failed_with_its_seed() -> None:
+    pdb = _import_posteriordb_data()
+
+    def run_one(posterior, guide, inputs, reference, *, steps, seed, settings):
+        raise FloatingPointError(f"NaN at step 7 of {steps}")
+
+    train = functools.partial(run_one, steps=50)
+    score = pdb._run_safely(train, "diamonds", "AutoFlow-iaf", {}, None, seed=3, lr=None)
+    assert (score.seed, score.steps) == (3, 50)
+    assert score.error == "FloatingPointError: NaN at step 7 of 50"
+    assert pdb._target(score) == "failed"
