@@ -123,3 +123,34 @@ def test_vectorize_explains_a_model_that_does_not_broadcast():
 
     with pytest.raises((ValueError, RuntimeError), match="vectorize|shape"):
         importance_log_weights(scalar_model, scalar_model, num_samples=10, vectorize=True)
+
+
+def test_vectorized_inference_data_matches_the_looped_draws():
+    idata = to_inference_data(guide_with_scale(1.0), num_samples=2000, num_chains=2, vectorize=True)
+    assert idata.posterior["x"].shape == (2, 2000, 2)
+    x = idata.posterior["x"].to_numpy().reshape(-1, 2)
+    np.testing.assert_allclose(x.mean(0), 0.2, atol=0.05)
+    np.testing.assert_allclose(x.std(0), 1.0, atol=0.05)
+    assert np.std(x[:2000, 0] - x[2000:, 0]) > 1.0  # the chains are different draws
+
+
+def test_vectorized_inference_data_of_an_autoguide_with_a_local_plate():
+    from pyro.infer.autoguide import AutoNormal
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0), 1.0))
+        with pyro.plate("groups", 3):
+            theta = pyro.sample("theta", dist.Normal(mu, 1.0))
+            pyro.sample("y", dist.Normal(theta, 1.0), obs=y)
+
+    y = torch.tensor([0.5, -1.0, 2.0])
+    guide = AutoNormal(model)
+    guide(y)
+    looped = to_inference_data(guide, y, num_samples=1500)
+    fast = to_inference_data(guide, y, num_samples=1500, vectorize=True)
+    assert set(fast.posterior.data_vars) == set(looped.posterior.data_vars) == {"mu", "theta"}
+    for name, shape in (("mu", (1, 1500)), ("theta", (1, 1500, 3))):
+        assert fast.posterior[name].shape == shape == looped.posterior[name].shape
+        a, b = looped.posterior[name].to_numpy(), fast.posterior[name].to_numpy()
+        np.testing.assert_allclose(a.mean(1), b.mean(1), atol=0.08)
+        np.testing.assert_allclose(a.std(1), b.std(1), rtol=0.1)

@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pyro
 import torch
 from pyro import poutine
 from pyro.infer.importance import vectorized_importance_weights
+from pyro.poutine.util import site_is_subsample
 
 __all__ = ["importance_log_weights", "psis_diagnostic", "to_inference_data"]
 
@@ -96,9 +98,14 @@ def _plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) 
     """The deepest vectorized plate of one guide trace and the model replayed on it."""
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return _deepest_plate(guide_trace, model_trace)
+
+
+def _deepest_plate(*traces) -> int:
+    """How many batch dimensions the vectorized plates of ``traces`` take (0: no plate)."""
     dims = [
         -frame.dim
-        for trace in (guide_trace, model_trace)
+        for trace in traces
         for site in trace.nodes.values()
         if site["type"] == "sample"
         for frame in site["cond_indep_stack"]
@@ -162,19 +169,31 @@ def psis_diagnostic(
 
 @torch.no_grad()
 def to_inference_data(
-    guide: Callable, *args, num_samples: int = 1000, num_chains: int = 1, **kwargs
+    guide: Callable,
+    *args,
+    num_samples: int = 1000,
+    num_chains: int = 1,
+    vectorize: bool = False,
+    max_plate_nesting: int | None = None,
+    **kwargs,
 ):
     """Posterior draws of a guide as an ``arviz.InferenceData`` (group ``posterior``).
 
-    The guide is run ``num_samples * num_chains`` times; every non-auxiliary sample site
-    becomes a variable with dims ``(chain, draw, *site_shape)``. Chains are independent
-    draws here (there is no Markov chain), so R-hat is ~1 by construction.
+    The guide is run ``num_samples * num_chains`` times (or once under a ``pyro.plate`` of
+    that size, with ``vectorize=True``); every non-auxiliary sample site becomes a variable
+    with dims ``(chain, draw, *site_shape)``. Chains are independent draws here (there is no
+    Markov chain), so R-hat is ~1 by construction.
 
     Args:
         guide: A (trained) guide.
         *args: The model's arguments (the guide gets the same).
         num_samples: Draws per chain.
         num_chains: Number of chains to split the draws into.
+        vectorize: Draw everything in one guide run under a ``pyro.plate`` (for guides
+            that broadcast over a leading batch dimension, as autoguides do) instead of one
+            trace per draw.
+        max_plate_nesting: The guide's plate depth, for ``vectorize`` (default: found by
+            tracing the guide once).
         **kwargs: The model's keyword arguments.
 
     Examples:
@@ -184,20 +203,59 @@ def to_inference_data(
         >>> idata = to_inference_data(guide, num_samples=10)
         >>> idata.posterior["x"].shape
         (1, 10, 2)
+        >>> to_inference_data(guide, num_samples=10, vectorize=True).posterior["x"].shape
+        (1, 10, 2)
     """
     import arviz
 
-    draws: dict[str, list[np.ndarray]] = {}
-    for _ in range(num_samples * num_chains):
-        trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site["infer"].get("is_auxiliary"):
-                continue
-            draws.setdefault(name, []).append(site["value"].detach().cpu().numpy())
+    total = num_samples * num_chains
+    if vectorize:
+        draws = _vectorized_draws(guide, args, kwargs, total, max_plate_nesting)
+    else:
+        draws = {}
+        for _ in range(total):
+            trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            for name, value in _reported_sites(trace).items():
+                draws.setdefault(name, []).append(value)
+        draws = {name: np.stack(values) for name, values in draws.items()}
     if not draws:
         raise ValueError("the guide has no (non-auxiliary) sample sites to report")
     posterior = {
-        name: np.stack(values).reshape(num_chains, num_samples, *values[0].shape)
+        name: values.reshape(num_chains, num_samples, *values.shape[1:])
         for name, values in draws.items()
     }
     return arviz.from_dict(posterior=posterior)
+
+
+def _reported_sites(trace) -> dict[str, np.ndarray]:
+    """The values of a trace's non-auxiliary sample sites, as numpy arrays (no plate indices)."""
+    return {
+        name: site["value"].detach().cpu().numpy()
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["infer"].get("is_auxiliary")
+        and not site_is_subsample(site)
+    }
+
+
+def _vectorized_draws(
+    guide: Callable, args: tuple, kwargs: dict, total: int, max_plate_nesting: int | None
+) -> dict[str, np.ndarray]:
+    """``total`` draws of every reported site from one guide run under a ``pyro.plate``."""
+    one = poutine.trace(guide).get_trace(*args, **kwargs)
+    shapes = {name: value.shape for name, value in _reported_sites(one).items()}
+    if max_plate_nesting is None:
+        max_plate_nesting = _deepest_plate(one)
+    with pyro.plate("_draws", total, dim=-max_plate_nesting - 1):
+        trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    draws = {}
+    for name, value in _reported_sites(trace).items():
+        shape = shapes.get(name)
+        if shape is None or value.size != total * int(np.prod(shape)) or value.shape[0] != total:
+            raise ValueError(
+                f"vectorize=True gave site {name!r} the shape {value.shape}, expected "
+                f"({total}, ..., {', '.join(map(str, shape or ()))}): the guide does not "
+                "broadcast over a leading batch dimension; use vectorize=False"
+            )
+        draws[name] = value.reshape(total, *shape)
+    return draws
