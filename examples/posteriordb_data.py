@@ -58,6 +58,7 @@ __all__ = [
     "AUTOFLOW_LR",
     "guide_settings",
     "flow_width",
+    "autoflow_kwargs",
     "autoflow_options",
     "main",
 ]
@@ -167,6 +168,19 @@ def guide_settings(guide: str, posterior: str) -> GuideSettings:
 def flow_width(latent_dim: int) -> int:
     """Hidden width of every flow guide (AutoFlow's default): ``max(32, 4 * latent_dim)``."""
     return max(32, 4 * latent_dim)
+
+
+def autoflow_kwargs(latent_dim: int, options: Mapping) -> dict:
+    """AutoFlow's size arguments in the comparison, then ``options`` (which may override them).
+
+    3 transforms of hidden width `flow_width` (as the PPL's AutoIAFNormal gets); a ``hidden``
+    given as a list (from ``--autoflow`` JSON) becomes a tuple.
+    """
+    width = flow_width(latent_dim)
+    kwargs = {"transforms": 3, "hidden": (width, width), **options}
+    if isinstance(kwargs["hidden"], list):
+        kwargs["hidden"] = tuple(kwargs["hidden"])
+    return kwargs
 
 
 def autoflow_options(options: Mapping) -> str:
@@ -608,6 +622,18 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _settings(guide: str, posterior: str, args: argparse.Namespace) -> GuideSettings:
+    """The protocol's settings of ``guide`` on ``posterior`` with the command line's overrides."""
+    settings = guide_settings(guide, posterior)
+    if args.lr is not None:
+        settings.lr = args.lr
+    if args.particles is not None:
+        settings.particles = args.particles
+    if args.autoflow and guide.startswith("AutoFlow-"):
+        settings.options = {**settings.options, **args.autoflow}
+    return settings
+
+
 def _run_safely(
     train: functools.partial,
     posterior: str,
@@ -616,16 +642,13 @@ def _run_safely(
     reference: Reference,
     *,
     seed: int,
-    lr: float | None,
+    settings: GuideSettings,
 ) -> Score:
     """One training run and its scores; an exception is printed and recorded, not raised.
 
     ``train`` is the script's ``run_one`` with the step and draw counts bound.
     """
     try:
-        settings = guide_settings(guide_name, posterior)
-        if lr is not None:
-            settings.lr = lr
         s = train(posterior, guide_name, inputs, reference, seed=seed, settings=settings)
     except Exception as error:  # report and go on with the other runs
         traceback.print_exc()
@@ -689,6 +712,20 @@ def main(
         default=None,
         help="learning rate for every guide instead of the protocol's (to pick rates by ELBO)",
     )
+    parser.add_argument(
+        "--particles",
+        type=int,
+        default=None,
+        help="ELBO particles for every guide instead of the protocol's 8",
+    )
+    parser.add_argument(
+        "--autoflow",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='extra AutoFlow keyword arguments, e.g. \'{"transforms": 5, "hidden": [104, 104]}\' '
+        "(they override the protocol's size)",
+    )
     parser.add_argument("--out", default="outputs", help="folder for the table and JSON")
     parser.add_argument(
         "--quick",
@@ -726,8 +763,9 @@ def main(
         reference = load_reference(root, name)
         for guide_name in guides:
             for seed in seeds:
+                settings = _settings(guide_name, posterior, args)
                 s = _run_safely(
-                    train, posterior, guide_name, inputs, reference, seed=seed, lr=args.lr
+                    train, posterior, guide_name, inputs, reference, seed=seed, settings=settings
                 )
                 scores.append(s)
                 print(

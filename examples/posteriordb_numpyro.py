@@ -137,7 +137,8 @@ MODELS: dict[str, Callable] = {
 
 
 def make_guide(name: str, model: Callable, latent_dim: int, seed: int, options: dict):
-    """A guide by name. Flow guides get 3 layers of width ``max(32, 4 * latent_dim)``."""
+    """A guide by name. Flow guides get 3 layers of width ``max(32, 4 * latent_dim)``
+    (`posteriordb_data.autoflow_kwargs`; ``options`` may override them)."""
     width = pdb.flow_width(latent_dim)
     init = init_to_median(num_samples=15)
     if name == "AutoNormal":
@@ -151,10 +152,8 @@ def make_guide(name: str, model: Callable, latent_dim: int, seed: int, options: 
             model,
             flow=name.split("-", 1)[1],
             init_loc_fn=init,
-            transforms=3,
-            hidden=(width, width),
             key=jax.random.key(seed + 1),
-            **options,
+            **pdb.autoflow_kwargs(latent_dim, options),
         )
     raise ValueError(f"unknown guide {name!r}")
 
@@ -166,9 +165,7 @@ def describe(name: str, settings: pdb.GuideSettings, latent_dim: int) -> str:
         "AutoNormal": "init_scale 0.1",
         "AutoMultivariateNormal": "init_scale 0.1",
         "AutoIAFNormal": f"num_flows 3, hidden [{width}, {width}]",
-    }.get(
-        name, f"transforms 3, hidden ({width}, {width}), " + pdb.autoflow_options(settings.options)
-    )
+    }.get(name, pdb.autoflow_options(pdb.autoflow_kwargs(latent_dim, settings.options)))
     return (
         f"{arch}; Adam lr {settings.lr:g} -> {settings.lr / 10:g} (exponential), clip 10, "
         f"Trace_ELBO(num_particles={settings.particles}), init_to_median"

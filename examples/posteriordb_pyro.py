@@ -140,7 +140,8 @@ MODELS: dict[str, Callable] = {
 
 
 def make_guide(name: str, model: Callable, latent_dim: int, options: dict):
-    """A guide by name. Flow guides get 3 layers of width ``max(32, 4 * latent_dim)``."""
+    """A guide by name. Flow guides get 3 layers of width ``max(32, 4 * latent_dim)``
+    (`posteriordb_data.autoflow_kwargs`; ``options`` may override them)."""
     width = pdb.flow_width(latent_dim)
     init = init_to_median(num_samples=15)
     if name == "AutoNormal":
@@ -154,9 +155,7 @@ def make_guide(name: str, model: Callable, latent_dim: int, options: dict):
             model,
             flow=name.split("-", 1)[1],
             init_loc_fn=init,
-            transforms=3,
-            hidden=(width, width),
-            **options,
+            **pdb.autoflow_kwargs(latent_dim, options),
         )
     raise ValueError(f"unknown guide {name!r}")
 
@@ -170,8 +169,8 @@ def describe(name: str, settings: pdb.GuideSettings, latent_dim: int) -> str:
         "AutoIAFNormal": f"num_transforms 3, hidden_dim [{width}, {width}]",
     }.get(
         name,
-        f"transforms 3, hidden ({width}, {width}), init_to_median, "
-        + pdb.autoflow_options(settings.options),
+        "init_to_median, "
+        + pdb.autoflow_options(pdb.autoflow_kwargs(latent_dim, settings.options)),
     )
     return (
         f"{arch}; ClippedAdam lr {settings.lr:g} -> {settings.lr / 10:g} (lrd), clip 10, "
@@ -194,6 +193,30 @@ def guide_draws(guide: Callable, num_draws: int, *args) -> dict[str, np.ndarray]
     }
 
 
+def train(
+    posterior: str,
+    guide_name: str,
+    inputs: dict[str, np.ndarray],
+    *,
+    steps: int,
+    seed: int,
+    settings: pdb.GuideSettings,
+) -> tuple[Callable, Callable, tuple[torch.Tensor, ...], float]:
+    """Train one guide with the protocol: ``(model, guide, model args, wall seconds)``."""
+    model = MODELS[posterior]
+    args = tuple(torch.as_tensor(v) for v in inputs.values())
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    start = time.perf_counter()
+    guide = make_guide(guide_name, model, pdb.LATENT_DIM[posterior], settings.options)
+    optim = ClippedAdam({"lr": settings.lr, "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0})
+    elbo = Trace_ELBO(num_particles=settings.particles, vectorize_particles=True)
+    svi = SVI(model, guide, optim, elbo)
+    for _ in range(steps):
+        svi.step(*args)
+    return model, guide, args, time.perf_counter() - start
+
+
 def run_one(
     posterior: str,
     guide_name: str,
@@ -206,20 +229,10 @@ def run_one(
     seed: int,
     settings: pdb.GuideSettings | None = None,
 ) -> pdb.Score:
-    model = MODELS[posterior]
-    args = tuple(torch.as_tensor(v) for v in inputs.values())
     settings = settings or pdb.guide_settings(guide_name, posterior)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    start = time.perf_counter()
-    guide = make_guide(guide_name, model, pdb.LATENT_DIM[posterior], settings.options)
-    optim = ClippedAdam({"lr": settings.lr, "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0})
-    elbo = Trace_ELBO(num_particles=settings.particles, vectorize_particles=True)
-    svi = SVI(model, guide, optim, elbo)
-    for _ in range(steps):
-        svi.step(*args)
-    train_s = time.perf_counter() - start
-
+    model, guide, args, train_s = train(
+        posterior, guide_name, inputs, steps=steps, seed=seed, settings=settings
+    )
     log_weights = pf.importance_log_weights(
         model, guide, *args, num_samples=eval_draws, vectorize=True
     )
