@@ -7,6 +7,7 @@ The numbers of the full runs are in ``examples/results/posteriordb_*.md``.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -174,7 +175,24 @@ def test_a_run_that_raises_is_recorded_as_failed_with_its_seed() -> None:
         raise FloatingPointError(f"NaN at step 7 of {steps}")
 
     train = functools.partial(run_one, steps=50)
-    score = pdb._run_safely(train, "diamonds", "AutoFlow-iaf", {}, None, seed=3, lr=None)
+    settings = pdb.guide_settings("AutoFlow-iaf", "diamonds")
+    score = pdb._run_safely(train, "diamonds", "AutoFlow-iaf", {}, None, seed=3, settings=settings)
     assert (score.seed, score.steps) == (3, 50)
     assert score.error == "FloatingPointError: NaN at step 7 of 50"
     assert pdb._target(score) == "failed"
+
+
+def test_command_line_overrides_reach_the_settings_and_the_flow_size() -> None:
+    pdb = _import_posteriordb_data()
+    args = argparse.Namespace(lr=None, particles=16, autoflow={"transforms": 5, "hidden": [8, 8]})
+    flow = pdb._settings("AutoFlow-iaf", "gp_pois_regr", args)
+    assert (flow.lr, flow.particles) == (pdb.AUTOFLOW_LR["AutoFlow-iaf"]["gp_pois_regr"], 16)
+    assert pdb.autoflow_kwargs(13, flow.options) == {"transforms": 5, "hidden": (8, 8)}
+    nsf = pdb._settings("AutoFlow-nsf", "gp_pois_regr", args)
+    assert nsf.options == {"mode": "coupling", "transforms": 5, "hidden": [8, 8]}
+    baseline = pdb._settings("AutoNormal", "gp_pois_regr", args)
+    assert (baseline.particles, baseline.options) == (16, {})  # AutoFlow options stay AutoFlow's
+    plain = pdb._settings(
+        "AutoFlow-iaf", "diamonds", argparse.Namespace(lr=None, particles=None, autoflow=None)
+    )
+    assert pdb.autoflow_kwargs(26, plain.options) == {"transforms": 3, "hidden": (104, 104)}
