@@ -40,14 +40,17 @@ NO_MODE_WARNING = (
 )
 
 
-def check_arguments(flow: Any, warmup: Any, init_scale: Any, flow_signature: str) -> None:
-    """Raise a clear error for a bad ``flow``, ``warmup`` or ``init_scale``.
+def check_arguments(
+    flow: Any, warmup: Any, init_scale: Any, flow_signature: str, base_df: Any = None
+) -> None:
+    """Raise a clear error for a bad ``flow``, ``warmup``, ``init_scale`` or ``base_df``.
 
     Args:
         flow: A recipe name or a callable.
         warmup: ``"laplace"``, ``"map"`` or ``None``.
         init_scale: A positive number.
         flow_signature: How the backend's flow callable is called (for the message).
+        base_df: ``None`` or a positive number (the Student-t base's degrees of freedom).
     """
     if isinstance(flow, str):
         if flow.lower() not in RECIPE_NAMES:
@@ -60,6 +63,13 @@ def check_arguments(flow: Any, warmup: Any, init_scale: Any, flow_signature: str
         raise ValueError(f"warmup must be 'laplace', 'map' or None, got {warmup!r}")
     if not (isinstance(init_scale, numbers.Real) and init_scale > 0):
         raise ValueError(f"init_scale must be a number > 0, got {init_scale!r}")
+    if base_df is not None and not (
+        isinstance(base_df, numbers.Real) and not isinstance(base_df, bool) and 0 < base_df < np.inf
+    ):
+        raise ValueError(
+            f"base_df must be None (a standard normal base) or a finite number > 0 (the degrees "
+            f"of freedom of a Student-t base), got {base_df!r}"
+        )
 
 
 def recipe_kwargs(name: str, latent_dim: int, user_kwargs: Mapping[str, Any]) -> dict:

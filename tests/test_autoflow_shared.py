@@ -134,10 +134,13 @@ def test_recipe_kwargs_defaults():
         (dict(warmup="newton"), ValueError, r"warmup must be .*'newton'"),
         (dict(init_scale=0.0), ValueError, r"init_scale must be a number > 0, got 0.0"),
         (dict(init_scale="1"), ValueError, r"init_scale must be a number > 0, got '1'"),
+        (dict(base_df=-1.0), ValueError, r"base_df must be None .*, got -1.0"),
+        (dict(base_df=float("inf")), ValueError, r"base_df must be .* finite .*, got inf"),
+        (dict(base_df=True), ValueError, r"base_df must be .*, got True"),
     ],
 )
 def test_check_arguments_names_the_argument(kwargs, error, match):
-    arguments = dict(flow="iaf", warmup="laplace", init_scale=0.1) | kwargs
+    arguments = dict(flow="iaf", warmup="laplace", init_scale=0.1, base_df=5.0) | kwargs
     with pytest.raises(error, match=match):
         af.check_arguments(**arguments, flow_signature="latent_dim -> Flow")
 

@@ -7,7 +7,9 @@ of the model's latent sites, packed into one vector of size ``latent_dim``; its 
 
 with ``flow`` a pyroflows recipe (IAF by default) and ``loc + L @`` an `LULinear` layer
 warm-started from a Laplace approximation at the MAP, so that the flow starts in a
-standardised space and only has to learn the non-Gaussian part.
+standardised space and only has to learn the non-Gaussian part. ``base_df`` swaps the
+normal ``u`` for independent Student-t draws with that many degrees of freedom, for
+posteriors with heavier than Gaussian tails (the reasons are in `pyroflows.pyro.infer`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class AutoFlow(AutoContinuous):
         warmup_steps: Maximum Newton (or L-BFGS) iterations of the MAP search.
         num_samples: Monte Carlo draws used by `median` and `quantiles`.
         key: Random key for the flow's initial weights.
+        base_df: ``None`` (default): a standard normal base; a number: the degrees of
+            freedom of a fixed Student-t base, as in the torch backend.
         **flow_kwargs: Passed to the recipe (defaults ``transforms=3``,
             ``hidden=(w, w)`` with ``w = max(32, 4 * latent_dim)``).
 
@@ -89,9 +93,11 @@ class AutoFlow(AutoContinuous):
         warmup_steps: int = 500,
         num_samples: int = 1000,
         key: Array | None = None,
+        base_df: float | None = None,
         **flow_kwargs,
     ) -> None:
-        check_arguments(flow, warmup, init_scale, "(latent_dim, key) -> Flow")
+        check_arguments(flow, warmup, init_scale, "(latent_dim, key) -> Flow", base_df)
+        self._base_df = None if base_df is None else float(base_df)
         self._flow_spec = flow
         self._flow_kwargs = flow_kwargs
         self._init_scale = float(init_scale)
@@ -128,7 +134,8 @@ class AutoFlow(AutoContinuous):
             loc, scale_tril = self._warm_start(jnp.asarray(self._init_latent))
         dtype = jnp.asarray(self._init_latent).dtype
         standardise = FixedAffine(loc.astype(dtype), scale_tril.astype(dtype))
-        self._flow_init = Flow([*flow.layers, LULinear(self.latent_dim), standardise])
+        layers = [*flow.layers, LULinear(self.latent_dim), standardise]
+        self._flow_init = Flow(layers, self._base(dtype))
 
     def _potential(self, latent: Array) -> Array:
         """Minus the log joint density of the model in the unconstrained space."""
@@ -210,8 +217,17 @@ class AutoFlow(AutoContinuous):
         return jnp.asarray(loc, dtype), jnp.asarray(scale_tril, dtype)
 
     # ------------------------------------------------------------------ posterior
+    def _base(self, dtype=None) -> dist.Distribution | None:
+        """The Student-t base, or ``None`` for the flow's standard normal."""
+        if self._base_df is None:
+            return None
+        zeros = jnp.zeros(self.latent_dim, dtype)
+        return dist.StudentT(zeros + self._base_df, zeros, 1.0).to_event(1)
+
     def get_base_dist(self) -> dist.Distribution:
-        return dist.Normal(jnp.zeros(self.latent_dim), 1.0).to_event(1)
+        if self._base_df is None:
+            return dist.Normal(jnp.zeros(self.latent_dim), 1.0).to_event(1)
+        return self._base()
 
     def _get_posterior(self) -> FlowDistribution:
         flow = eqx_module(f"{self.prefix}_flow", self._flow_init)
