@@ -21,9 +21,9 @@ on a Gaussian keeps Gaussian tails. Where the posterior's tails are heavier (the
 a hierarchical model, whose lower tail decays only exponentially), the importance weights
 ``p / q`` then grow without bound far out and the Pareto k-hat of `psis_diagnostic` rises.
 A Student-t base has polynomial tails that cover such posteriors. Its degrees of freedom
-are held fixed: the ELBO penalises mass where the posterior has little, so learnt degrees
-of freedom drift up towards the normal (on the centered eight schools they went from 10 to
-between 22 and 73). Values below about 5 made training unstable; see docs/inference.md.
+are held fixed: the ELBO penalises mass where the posterior has little and rewards none in
+the far tails, so nothing in it holds learnt degrees of freedom down. Small values can make
+training unstable; measurements are in docs/inference.md.
 """
 
 from __future__ import annotations
