@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "BASES",
     "RECIPE_NAMES",
+    "base_kind",
     "check_arguments",
     "recipe_kwargs",
     "warm_start",
@@ -26,6 +28,11 @@ __all__ = [
 
 #: Recipe names accepted by ``AutoFlow(model, flow=...)``.
 RECIPE_NAMES = ("iaf", "maf", "nsf", "realnvp", "nice")
+
+#: Base distributions accepted by ``AutoFlow(model, base=...)``: a standard normal, a
+#: Laplace of unit variance (exponential tails) and a Student-t (polynomial tails, with
+#: ``base_df`` degrees of freedom).
+BASES = ("normal", "laplace", "student_t")
 
 #: Latent dimensions above which the MAP search is L-BFGS instead of Newton.
 NEWTON_MAX_DIM = 300
@@ -41,9 +48,14 @@ NO_MODE_WARNING = (
 
 
 def check_arguments(
-    flow: Any, warmup: Any, init_scale: Any, flow_signature: str, base_df: Any = None
+    flow: Any,
+    warmup: Any,
+    init_scale: Any,
+    flow_signature: str,
+    base_df: Any = None,
+    base: Any = "normal",
 ) -> None:
-    """Raise a clear error for a bad ``flow``, ``warmup``, ``init_scale`` or ``base_df``.
+    """Raise a clear error for a bad ``flow``, ``warmup``, ``init_scale``, ``base`` or ``base_df``.
 
     Args:
         flow: A recipe name or a callable.
@@ -51,6 +63,7 @@ def check_arguments(
         init_scale: A positive number.
         flow_signature: How the backend's flow callable is called (for the message).
         base_df: ``None`` or a positive number (the Student-t base's degrees of freedom).
+        base: One of `BASES`.
     """
     if isinstance(flow, str):
         if flow.lower() not in RECIPE_NAMES:
@@ -63,6 +76,22 @@ def check_arguments(
         raise ValueError(f"warmup must be 'laplace', 'map' or None, got {warmup!r}")
     if not (isinstance(init_scale, numbers.Real) and init_scale > 0):
         raise ValueError(f"init_scale must be a number > 0, got {init_scale!r}")
+    base_kind(base, base_df)
+
+
+def base_kind(base: Any, base_df: Any) -> str:
+    """The base distribution ``AutoFlow`` builds: ``"normal"``, ``"laplace"`` or ``"student_t"``.
+
+    ``base_df`` alone (with the default ``base="normal"``) means a Student-t base, so that
+    ``AutoFlow(model, base_df=6)`` keeps working; ``base="student_t"`` needs ``base_df``, and
+    ``base="laplace"`` takes none.
+
+    Raises:
+        ValueError: ``base`` is not one of `BASES`, ``base_df`` is not a finite number > 0,
+            or the two do not go together.
+    """
+    if not (isinstance(base, str) and base in BASES):
+        raise ValueError(f"base must be one of {list(BASES)}, got {base!r}")
     if base_df is not None and not (
         isinstance(base_df, numbers.Real) and not isinstance(base_df, bool) and 0 < base_df < np.inf
     ):
@@ -70,6 +99,16 @@ def check_arguments(
             f"base_df must be None (a standard normal base) or a finite number > 0 (the degrees "
             f"of freedom of a Student-t base), got {base_df!r}"
         )
+    if base_df is not None:
+        if base == "laplace":
+            raise ValueError(
+                f"base_df is the degrees of freedom of a Student-t base and cannot go with "
+                f"base='laplace', got base_df={base_df!r}"
+            )
+        return "student_t"
+    if base == "student_t":
+        raise ValueError("base='student_t' needs base_df (its degrees of freedom), got None")
+    return base
 
 
 def recipe_kwargs(name: str, latent_dim: int, user_kwargs: Mapping[str, Any]) -> dict:

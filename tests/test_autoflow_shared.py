@@ -137,12 +137,30 @@ def test_recipe_kwargs_defaults():
         (dict(base_df=-1.0), ValueError, r"base_df must be None .*, got -1.0"),
         (dict(base_df=float("inf")), ValueError, r"base_df must be .* finite .*, got inf"),
         (dict(base_df=True), ValueError, r"base_df must be .*, got True"),
+        (
+            dict(base="t"),
+            ValueError,
+            r"base must be one of \['normal', 'laplace', 'student_t'\], got 't'",
+        ),
+        (
+            dict(base="laplace"),
+            ValueError,
+            r"base_df .* cannot go with base='laplace', got base_df=5.0",
+        ),
+        (dict(base="student_t", base_df=None), ValueError, r"base='student_t' needs base_df"),
     ],
 )
 def test_check_arguments_names_the_argument(kwargs, error, match):
     arguments = dict(flow="iaf", warmup="laplace", init_scale=0.1, base_df=5.0) | kwargs
     with pytest.raises(error, match=match):
         af.check_arguments(**arguments, flow_signature="latent_dim -> Flow")
+
+
+def test_base_kind_reads_base_and_base_df_together():
+    assert af.base_kind("normal", None) == "normal"
+    assert af.base_kind("laplace", None) == "laplace"
+    assert af.base_kind("normal", 6.0) == "student_t"  # base_df alone: a Student-t base
+    assert af.base_kind("student_t", 3) == "student_t"
 
 
 def test_isotropic_candidates_take_the_scale_with_the_best_elbo():

@@ -7,9 +7,10 @@ of the model's latent sites, packed into one vector of size ``latent_dim``; its 
 
 with ``flow`` a pyroflows recipe (IAF by default) and ``loc + L @`` an `LULinear` layer
 warm-started from a Laplace approximation at the MAP, so that the flow starts in a
-standardised space and only has to learn the non-Gaussian part. ``base_df`` swaps the
-normal ``u`` for independent Student-t draws with that many degrees of freedom, for
-posteriors with heavier than Gaussian tails (the reasons are in `pyroflows.pyro.infer`).
+standardised space and only has to learn the non-Gaussian part. ``base="laplace"`` swaps
+the normal ``u`` for independent unit-variance Laplace draws (exponential tails) and
+``base_df`` for Student-t draws with that many degrees of freedom, for posteriors with
+heavier than Gaussian tails (the reasons are in `pyroflows.pyro.infer`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from numpyro.contrib.module import eqx_module
 from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_median
 
-from pyroflows._autoflow import check_arguments, recipe_kwargs, warm_start
+from pyroflows._autoflow import base_kind, check_arguments, recipe_kwargs, warm_start
 from pyroflows.numpyro import flows as recipes
 from pyroflows.numpyro.core import Bijection
 from pyroflows.numpyro.distributions import Flow, FlowDistribution
@@ -65,8 +66,10 @@ class AutoFlow(AutoContinuous):
         warmup_steps: Maximum Newton (or L-BFGS) iterations of the MAP search.
         num_samples: Monte Carlo draws used by `median` and `quantiles`.
         key: Random key for the flow's initial weights.
-        base_df: ``None`` (default): a standard normal base; a number: the degrees of
-            freedom of a fixed Student-t base, as in the torch backend.
+        base: ``"normal"`` (default), ``"laplace"`` (unit variance) or ``"student_t"``
+            (needs ``base_df``), as in the torch backend.
+        base_df: ``None`` (default) or the degrees of freedom of a fixed Student-t base;
+            given alone, it selects ``base="student_t"``.
         **flow_kwargs: Passed to the recipe (defaults ``transforms=3``,
             ``hidden=(w, w)`` with ``w = max(32, 4 * latent_dim)``).
 
@@ -93,10 +96,12 @@ class AutoFlow(AutoContinuous):
         warmup_steps: int = 500,
         num_samples: int = 1000,
         key: Array | None = None,
+        base: str = "normal",
         base_df: float | None = None,
         **flow_kwargs,
     ) -> None:
-        check_arguments(flow, warmup, init_scale, "(latent_dim, key) -> Flow", base_df)
+        check_arguments(flow, warmup, init_scale, "(latent_dim, key) -> Flow", base_df, base)
+        self._base_kind = base_kind(base, base_df)
         self._base_df = None if base_df is None else float(base_df)
         self._flow_spec = flow
         self._flow_kwargs = flow_kwargs
@@ -218,16 +223,17 @@ class AutoFlow(AutoContinuous):
 
     # ------------------------------------------------------------------ posterior
     def _base(self, dtype=None) -> dist.Distribution | None:
-        """The Student-t base, or ``None`` for the flow's standard normal."""
-        if self._base_df is None:
-            return None
+        """The Laplace or Student-t base, or ``None`` for the flow's standard normal."""
         zeros = jnp.zeros(self.latent_dim, dtype)
-        return dist.StudentT(zeros + self._base_df, zeros, 1.0).to_event(1)
+        if self._base_kind == "laplace":
+            return dist.Laplace(zeros, zeros + np.sqrt(0.5)).to_event(1)
+        if self._base_kind == "student_t":
+            return dist.StudentT(zeros + self._base_df, zeros, 1.0).to_event(1)
+        return None
 
     def get_base_dist(self) -> dist.Distribution:
-        if self._base_df is None:
-            return dist.Normal(jnp.zeros(self.latent_dim), 1.0).to_event(1)
-        return self._base()
+        base = self._base()
+        return dist.Normal(jnp.zeros(self.latent_dim), 1.0).to_event(1) if base is None else base
 
     def _get_posterior(self) -> FlowDistribution:
         flow = eqx_module(f"{self.prefix}_flow", self._flow_init)

@@ -14,16 +14,22 @@ starts in a standardised space and only has to learn the non-Gaussian part. This
 makes the guide work from its defaults on badly scaled and strongly correlated posteriors,
 where a flow on the raw unconstrained space stalls.
 
-Heavy-tailed base: with ``base_df`` set, ``u`` is drawn from independent Student-t
-distributions with ``base_df`` degrees of freedom instead. Every recipe moves a point by a
+Base distribution: ``u`` is standard normal by default. Every recipe moves a point by a
 bounded log-scale per layer (splines are the identity outside their interval), so a flow
-on a Gaussian keeps Gaussian tails. Where the posterior's tails are heavier (the log-scale of
-a hierarchical model, whose lower tail decays only exponentially), the importance weights
-``p / q`` then grow without bound far out and the Pareto k-hat of `psis_diagnostic` rises.
-A Student-t base has polynomial tails that cover such posteriors. Its degrees of freedom
-are held fixed: the ELBO penalises mass where the posterior has little and rewards none in
-the far tails, so nothing in it holds learnt degrees of freedom down. Small values can make
-training unstable; measurements are in docs/inference.md.
+keeps its base's tails: on a Gaussian base the guide's tails stay Gaussian. Where the
+posterior's tails are heavier (the log-scale of a hierarchical model, whose lower tail
+decays only exponentially), the importance weights ``p / q`` then grow without bound far
+out and the Pareto k-hat of `psis_diagnostic` rises. Two heavier bases are offered:
+
+* ``base="laplace"``: independent Laplace draws of unit variance. Their tails are
+  exponential, as are those of a funnel's log-scale, while every moment stays finite.
+* ``base_df=nu``: independent Student-t draws with ``nu`` degrees of freedom (polynomial
+  tails). Small values can make training unstable.
+
+The tails are fixed, not learnt: the ELBO penalises mass where the posterior has little and
+rewards none in the far tails, so nothing in it holds a learnt tail weight up. A heavier
+base costs some ELBO (the guide's bulk is less Gaussian) and buys a lower k-hat;
+measurements are in docs/inference.md.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from pyro.poutine.util import site_is_subsample
 
-from pyroflows._autoflow import check_arguments, recipe_kwargs, warm_start
+from pyroflows._autoflow import base_kind, check_arguments, recipe_kwargs, warm_start
 from pyroflows.pyro import flows as recipes
 from pyroflows.pyro.core import Bijection
 from pyroflows.pyro.distributions import Flow, FlowDistribution
@@ -76,9 +82,13 @@ class AutoFlow(AutoContinuous):
             isotropic scale; ``None``: the ``init_loc_fn`` location with ``init_scale``.
         warmup_steps: Maximum Newton (or L-BFGS) iterations of the MAP search.
         num_samples: Monte Carlo draws used by `median` and `quantiles`.
-        base_df: ``None`` (default): a standard normal base. A number: the degrees of
-            freedom of a Student-t base (independent ``StudentT(base_df, 0, 1)`` per latent
-            dimension), held fixed; see "Heavy-tailed base" in the module docstring.
+        base: The base distribution of ``u``: ``"normal"`` (default), ``"laplace"``
+            (independent ``Laplace(0, 1 / sqrt(2))``, unit variance, exponential tails) or
+            ``"student_t"`` (needs ``base_df``); see "Base distribution" in the module
+            docstring.
+        base_df: ``None`` (default) or the degrees of freedom of a Student-t base
+            (independent ``StudentT(base_df, 0, 1)`` per latent dimension), held fixed.
+            Given alone, it selects ``base="student_t"``.
         **flow_kwargs: Passed to the recipe (``transforms``, ``hidden``, ``bins``, ...).
             Defaults: ``transforms=3``, ``hidden=(w, w)`` with ``w = max(32, 4 * latent_dim)``.
 
@@ -103,10 +113,12 @@ class AutoFlow(AutoContinuous):
         warmup: str | None = "laplace",
         warmup_steps: int = 500,
         num_samples: int = 1000,
+        base: str = "normal",
         base_df: float | None = None,
         **flow_kwargs,
     ) -> None:
-        check_arguments(flow, warmup, init_scale, "latent_dim -> Flow", base_df)
+        check_arguments(flow, warmup, init_scale, "latent_dim -> Flow", base_df, base)
+        self._base_kind = base_kind(base, base_df)
         self._base_df = None if base_df is None else float(base_df)
         self._flow_spec = flow
         self._flow_kwargs = flow_kwargs
@@ -148,11 +160,16 @@ class AutoFlow(AutoContinuous):
         self._subsamples = None
         standardise = FixedAffine(loc.detach(), scale_tril.detach())
         layers = [*flow.transforms, LULinear(self.latent_dim), standardise]
-        base = None
-        if self._base_df is not None:
-            zeros = init.new_zeros(self.latent_dim)
-            base = dist.StudentT(zeros + self._base_df, zeros, zeros + 1.0).to_event(1)
-        self.flow = Flow(layers, base).to(dtype=init.dtype, device=init.device)
+        self.flow = Flow(layers, self._base(init)).to(dtype=init.dtype, device=init.device)
+
+    def _base(self, like: torch.Tensor) -> dist.Distribution | None:
+        """The Laplace or Student-t base (dtype and device of ``like``); ``None``: normal."""
+        zeros = like.new_zeros(self.latent_dim)
+        if self._base_kind == "laplace":
+            return dist.Laplace(zeros, zeros + math.sqrt(0.5)).to_event(1)
+        if self._base_kind == "student_t":
+            return dist.StudentT(zeros + self._base_df, zeros, zeros + 1.0).to_event(1)
+        return None
 
     def _potential(self, latent: torch.Tensor, args, kwargs) -> torch.Tensor:
         """Minus the log joint density of the model in the unconstrained space."""
