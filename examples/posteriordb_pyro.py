@@ -28,9 +28,10 @@ Protocol, the same for every guide and the same as the NumPyro script's
 2. Score: 10000 importance draws ``log p(x, z) - log q(z)`` of the trained guide
    (`pyroflows.pyro.importance_log_weights` with ``vectorize=True``) give the ELBO (their
    mean) and the Pareto k-hat (ArviZ PSIS on the same draws, exactly what
-   `pyroflows.pyro.psis_diagnostic` computes). 10000 guide draws (under one ``pyro.plate``;
-   transformed parameters such as the non-centered theta and the GP's f derived from them)
-   give each reference parameter's ``|mean error| / reference sd`` and
+   `pyroflows.pyro.psis_diagnostic` computes). 10000 guide draws
+   (`pyroflows.pyro.to_inference_data` with ``vectorize=True``: one ``pyro.plate``;
+   transformed parameters such as the non-centered theta and the GP's f derived from
+   them) give each reference parameter's ``|mean error| / reference sd`` and
    ``sd / reference sd``.
 3. Target of the issue: k-hat < 0.7 and max |mean error| < 0.1 reference sd, judged on
    the means over ``--seeds`` (why 10000 draws and several seeds: ``posteriordb_data``).
@@ -63,7 +64,6 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median
@@ -178,18 +178,6 @@ def describe(name: str, settings: pdb.GuideSettings, latent_dim: int) -> str:
 # ---------------------------------------------------------------------------------- run
 
 
-@torch.no_grad()
-def guide_draws(guide: Callable, num_draws: int, *args) -> dict[str, np.ndarray]:
-    """``num_draws`` draws of every (non-auxiliary) latent site, vectorised under a plate."""
-    with pyro.plate("_draws", num_draws, dim=-1):
-        trace = poutine.trace(guide).get_trace(*args)
-    return {
-        name: site["value"].detach().cpu().numpy()
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["infer"].get("is_auxiliary")
-    }
-
-
 def train(
     posterior: str,
     guide_name: str,
@@ -233,11 +221,13 @@ def run_one(
     log_weights = pf.importance_log_weights(
         model, guide, *args, num_samples=eval_draws, vectorize=True
     )
+    with torch.no_grad():
+        idata = pf.to_inference_data(guide, *args, num_samples=moment_draws, vectorize=True)
     return pdb.score_guide(
         posterior,
         guide_name,
         guide,
-        guide_draws(guide, moment_draws, *args),
+        {name: draws.values[0] for name, draws in idata.posterior.data_vars.items()},
         inputs,
         reference,
         log_weights,

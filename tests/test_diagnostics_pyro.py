@@ -65,6 +65,23 @@ def test_to_inference_data_summarises_guide_draws():
     np.testing.assert_allclose(summary["sd"].to_numpy(), 1.0, atol=0.1)
 
 
+def test_vectorized_draws_are_those_of_one_plated_guide_run():
+    """The probe run that finds the site shapes does not advance the RNG: after the same
+    seed, ``vectorize=True`` gives exactly the draws of the user's own plated run."""
+
+    def guide():
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 0.5))
+        pyro.sample("x", dist.Normal(torch.zeros(2), scale.unsqueeze(-1)).to_event(1))
+
+    pyro.set_rng_seed(3)
+    idata = to_inference_data(guide, num_samples=100, vectorize=True)
+    pyro.set_rng_seed(3)
+    with pyro.plate("draws", 100, dim=-1):
+        trace = pyro.poutine.trace(guide).get_trace()
+    for name in ("scale", "x"):
+        np.testing.assert_array_equal(idata.posterior[name].values[0], trace.nodes[name]["value"])
+
+
 def regression_model(x, y):
     """A conjugate model with a data plate: y_i ~ Normal(w x_i, 0.5), w ~ Normal(0, 1)."""
     w = pyro.sample("w", dist.Normal(x.new_tensor(0.0), 1.0))

@@ -241,8 +241,14 @@ def _reported_sites(trace) -> dict[str, np.ndarray]:
 def _vectorized_draws(
     guide: Callable, args: tuple, kwargs: dict, total: int, max_plate_nesting: int | None
 ) -> dict[str, np.ndarray]:
-    """``total`` draws of every reported site from one guide run under a ``pyro.plate``."""
-    one = poutine.trace(guide).get_trace(*args, **kwargs)
+    """``total`` draws of every reported site from one guide run under a ``pyro.plate``.
+
+    A first, unbatched run finds the site shapes (and the plate depth). It runs on a forked
+    RNG state, so the draws are those of the plated run alone: after ``pyro.set_rng_seed``
+    they are the same as the user's own ``pyro.plate`` run of the guide would give.
+    """
+    with torch.random.fork_rng():
+        one = poutine.trace(guide).get_trace(*args, **kwargs)
     shapes = {name: value.shape for name, value in _reported_sites(one).items()}
     if max_plate_nesting is None:
         max_plate_nesting = _deepest_plate(one)

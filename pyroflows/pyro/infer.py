@@ -22,7 +22,8 @@ decays only exponentially), the importance weights ``p / q`` then grow without b
 out and the Pareto k-hat of `psis_diagnostic` rises. Two heavier bases are offered:
 
 * ``base="laplace"``: independent Laplace draws of unit variance. Their tails are
-  exponential, as are those of a funnel's log-scale, while every moment stays finite.
+  exponential, as are those of a funnel's log-scale, and unlike a Student-t's they have
+  every moment.
 * ``base_df=nu``: independent Student-t draws with ``nu`` degrees of freedom (polynomial
   tails). Small values can make training unstable.
 
