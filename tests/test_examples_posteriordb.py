@@ -157,6 +157,19 @@ def test_merge_combines_runs_in_table_order_and_rejects_repeats(tmp_path: Path) 
     assert "Every run:" in table
     with pytest.raises(SystemExit, match="appear twice"):
         pdb.merge_results([tmp_path / "a", tmp_path / "a"], tmp_path / "x", "Pyro", "merge")
+    pdb.merge_results(
+        [tmp_path / "a", tmp_path / "b"],
+        tmp_path / "gp",
+        "Pyro",
+        "merge",
+        posteriors=["gp_pois_regr"],
+        guides=["AutoFlow-iaf"],
+    )
+    payload = json.loads((tmp_path / "gp" / "posteriordb_pyro.json").read_text())
+    assert [(s["posterior"], s["seed"]) for s in payload["scores"]] == [
+        ("gp_pois_regr", 0),
+        ("gp_pois_regr", 1),
+    ]
 
 
 def test_seeds_must_be_distinct_integers() -> None:
