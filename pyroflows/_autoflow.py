@@ -54,7 +54,7 @@ def check_arguments(
     flow_signature: str,
     base_df: Any = None,
     base: Any = "normal",
-) -> None:
+) -> str:
     """Raise a clear error for a bad ``flow``, ``warmup``, ``init_scale``, ``base`` or ``base_df``.
 
     Args:
@@ -64,6 +64,9 @@ def check_arguments(
         flow_signature: How the backend's flow callable is called (for the message).
         base_df: ``None`` or a positive number (the Student-t base's degrees of freedom).
         base: One of `BASES`.
+
+    Returns:
+        The base distribution to build, from `base_kind`.
     """
     if isinstance(flow, str):
         if flow.lower() not in RECIPE_NAMES:
@@ -76,7 +79,7 @@ def check_arguments(
         raise ValueError(f"warmup must be 'laplace', 'map' or None, got {warmup!r}")
     if not (isinstance(init_scale, numbers.Real) and init_scale > 0):
         raise ValueError(f"init_scale must be a number > 0, got {init_scale!r}")
-    base_kind(base, base_df)
+    return base_kind(base, base_df)
 
 
 def base_kind(base: Any, base_df: Any) -> str:

@@ -28,7 +28,7 @@ from numpyro.contrib.module import eqx_module
 from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_median
 
-from pyroflows._autoflow import base_kind, check_arguments, recipe_kwargs, warm_start
+from pyroflows._autoflow import check_arguments, recipe_kwargs, warm_start
 from pyroflows.numpyro import flows as recipes
 from pyroflows.numpyro.core import Bijection
 from pyroflows.numpyro.distributions import Flow, FlowDistribution
@@ -100,8 +100,9 @@ class AutoFlow(AutoContinuous):
         base_df: float | None = None,
         **flow_kwargs,
     ) -> None:
-        check_arguments(flow, warmup, init_scale, "(latent_dim, key) -> Flow", base_df, base)
-        self._base_kind = base_kind(base, base_df)
+        self._base_kind = check_arguments(
+            flow, warmup, init_scale, "(latent_dim, key) -> Flow", base_df, base
+        )
         self._base_df = None if base_df is None else float(base_df)
         self._flow_spec = flow
         self._flow_kwargs = flow_kwargs

@@ -47,7 +47,7 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from pyro.poutine.util import site_is_subsample
 
-from pyroflows._autoflow import base_kind, check_arguments, recipe_kwargs, warm_start
+from pyroflows._autoflow import check_arguments, recipe_kwargs, warm_start
 from pyroflows.pyro import flows as recipes
 from pyroflows.pyro.core import Bijection
 from pyroflows.pyro.distributions import Flow, FlowDistribution
@@ -118,8 +118,9 @@ class AutoFlow(AutoContinuous):
         base_df: float | None = None,
         **flow_kwargs,
     ) -> None:
-        check_arguments(flow, warmup, init_scale, "latent_dim -> Flow", base_df, base)
-        self._base_kind = base_kind(base, base_df)
+        self._base_kind = check_arguments(
+            flow, warmup, init_scale, "latent_dim -> Flow", base_df, base
+        )
         self._base_df = None if base_df is None else float(base_df)
         self._flow_spec = flow
         self._flow_kwargs = flow_kwargs
