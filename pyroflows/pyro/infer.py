@@ -23,7 +23,8 @@ out and the Pareto k-hat of `psis_diagnostic` rises. Two heavier bases are offer
 
 * ``base="laplace"``: independent Laplace draws of unit variance. Their tails are
   exponential, as are those of a funnel's log-scale, and unlike a Student-t's they have
-  every moment.
+  every moment. A rare draw deep in a funnel's neck has a huge loss; train such a guide
+  with 16 particles (``Trace_ELBO(num_particles=16)``) so one draw cannot throw it off.
 * ``base_df=nu``: independent Student-t draws with ``nu`` degrees of freedom (polynomial
   tails). Small values can make training unstable.
 
@@ -362,6 +363,10 @@ class FixedAffine(Bijection):
         loc: Location ``(features,)``.
         scale_tril: Lower-triangular factor ``(features, features)`` with a positive diagonal.
     """
+
+    #: Buffers that `get_params` / `set_params` carry, as the JAX backend does, so a trained
+    #: `AutoFlow` moves between the backends with its warm start.
+    state_buffers = ("loc", "scale_tril")
 
     def __init__(self, loc: torch.Tensor, scale_tril: torch.Tensor) -> None:
         super().__init__(int(loc.shape[-1]))

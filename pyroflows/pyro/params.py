@@ -2,7 +2,9 @@
 
 The names are torch's ``named_parameters()`` names (``transforms.3.conditioner.layers.0.weight``)
 and the layouts are torch's (linear weights ``(out, in)``). The JAX backend uses the same
-names and layouts, so the dict moves a trained flow between backends.
+names and layouts, so the dict moves a trained flow between backends. Frozen values that a
+layer lists in ``state_buffers`` (`AutoFlow`'s warm start: ``transforms.N.loc`` and
+``transforms.N.scale_tril``) travel with the parameters, as they do in JAX.
 """
 
 from __future__ import annotations
@@ -22,8 +24,19 @@ def _head(names: list[str]) -> str:
     return str(names[:5]) + ("..." if len(names) > 5 else "")
 
 
+def _named_values(flow: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters, and the buffers a module lists in ``state_buffers`` (frozen values
+    that JAX keeps as arrays of the flow, as `AutoFlow`'s warm start ``FixedAffine``)."""
+    values = dict(flow.named_parameters())
+    for prefix, module in flow.named_modules():
+        for buffer in getattr(module, "state_buffers", ()):
+            values[f"{prefix}.{buffer}" if prefix else buffer] = getattr(module, buffer)
+    return values
+
+
 def get_params(flow: nn.Module) -> dict[str, np.ndarray]:
-    """The flow's parameters as ``{name: numpy array}`` (copies, on the CPU).
+    """The flow's parameters (and ``state_buffers``) as ``{name: numpy array}`` (copies, on
+    the CPU).
 
     Examples:
         >>> import pyroflows.pyro as pf
@@ -31,7 +44,7 @@ def get_params(flow: nn.Module) -> dict[str, np.ndarray]:
         >>> sorted(params)[:2]
         ['transforms.0.conditioner.layers.0.bias', 'transforms.0.conditioner.layers.0.weight']
     """
-    return {name: p.detach().cpu().numpy().copy() for name, p in flow.named_parameters()}
+    return {name: p.detach().cpu().numpy().copy() for name, p in _named_values(flow).items()}
 
 
 def set_params(flow: nn.Module, params: Mapping[str, np.ndarray]) -> nn.Module:
@@ -46,7 +59,7 @@ def set_params(flow: nn.Module, params: Mapping[str, np.ndarray]) -> nn.Module:
         >>> a = pf.MAF(features=2, transforms=1, hidden=(4,))
         >>> b = pf.set_params(pf.MAF(features=2, transforms=1, hidden=(4,)), pf.get_params(a))
     """
-    own = dict(flow.named_parameters())
+    own = _named_values(flow)
     missing = sorted(set(own) - set(params))
     unexpected = sorted(set(params) - set(own))
     if missing or unexpected:
