@@ -82,6 +82,13 @@ def check_arguments(
     return base_kind(base, base_df)
 
 
+def check_stl(stl: Any) -> bool:
+    """``stl`` (score the guide's own draws with the path gradient only) must be a bool."""
+    if not isinstance(stl, (bool, np.bool_)):
+        raise TypeError(f"stl must be True or False, got {stl!r}")
+    return bool(stl)
+
+
 def base_kind(base: Any, base_df: Any) -> str:
     """The base distribution ``AutoFlow`` builds: ``"normal"``, ``"laplace"`` or ``"student_t"``.
 

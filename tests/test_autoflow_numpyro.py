@@ -7,6 +7,7 @@ slope correlated at -0.96.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -268,6 +269,81 @@ def test_a_laplace_base_covers_an_exponential_tail():
         AutoFlow(model, base="cauchy")
     with pytest.raises(ValueError, match=r"base_df .* cannot go with base='laplace'"):
         AutoFlow(model, base="laplace", base_df=4.0)
+
+
+def _gaussian_model():
+    """A Gaussian posterior: N(0, 4 I) prior on x (3 dims), one unit-noise observation of
+    x. The Laplace warm start is then the exact posterior."""
+    x = numpyro.sample("x", dist.Normal(jnp.zeros(3), 2.0).to_event(1))
+    numpyro.sample("y", dist.Normal(x, 1.0).to_event(1), obs=jnp.array([0.5, -1.0, 2.0]))
+
+
+def _guide_and_params(stl, **kwargs):
+    guide = AutoFlow(_gaussian_model, stl=stl, transforms=2, hidden=(16,), **kwargs)
+    svi = SVI(_gaussian_model, guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
+    return guide, svi.get_params(svi.init(jax.random.key(0)))
+
+
+@pytest.mark.parametrize(("flow", "base"), [("iaf", "normal"), ("nsf", "laplace")])
+def test_stl_gives_the_value_and_the_path_gradient(flow, base, jax_x64, jax_fast_compile):
+    """``stl=True``: the same log q of the guide's draws, and as gradient exactly that of
+    log q under frozen weights at x(weights), computed here by the flow's inverse."""
+    guide, params = _guide_and_params(True, flow=flow, base=base)
+    flow_ = guide.flow(params)
+    named = pfj.get_params(flow_)
+    rng = np.random.default_rng(0)
+    moved = {
+        k: v if k.endswith(("loc", "scale_tril")) else v + 0.1 * rng.standard_normal(v.shape)
+        for k, v in named.items()
+    }  # away from the identity; the frozen warm start stays as it is
+    arrays, static = eqx.partition(pfj.set_params(flow_, moved), eqx.is_inexact_array)
+    u = guide.get_base_dist().sample(jax.random.key(2), (6,))
+
+    def stl_log_q(arrays):
+        posterior = guide._stl_posterior(eqx.combine(arrays, static)())
+        x, log_det = posterior.chain.forward_and_log_det(u)
+        return posterior.log_prob(x, [[u, log_det]])
+
+    def frozen_log_q(arrays):
+        x, _ = eqx.combine(arrays, static)().chain.forward_and_log_det(u)
+        return eqx.combine(jax.lax.stop_gradient(arrays), static)().log_prob(x)  # the inverse
+
+    got_value, got = jax.jit(jax.value_and_grad(lambda a: stl_log_q(a).sum()))(arrays)
+    want_value, want = jax.jit(jax.value_and_grad(lambda a: frozen_log_q(a).sum()))(arrays)
+    np.testing.assert_allclose(got_value, want_value, rtol=1e-10)
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-8, atol=1e-10)
+
+
+def test_stl_gradient_vanishes_at_the_exact_posterior(jax_x64, jax_fast_compile):
+    """At the exact posterior (Laplace warm start of a Gaussian model, flow at the identity)
+    every draw's path gradient is zero, while the usual estimator's is noise."""
+    norms = {}
+    for stl in (False, True):
+        guide, params = _guide_and_params(stl)
+        assert guide.warm_start_ == "laplace"
+        loss = lambda p: Trace_ELBO(num_particles=4).loss(  # noqa: E731
+            jax.random.key(1), p, _gaussian_model, guide
+        )
+        grads = jax.jit(jax.grad(loss))(params)
+        norms[stl] = max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads))
+    assert norms[True] < 1e-8, norms
+    assert norms[False] > 1e-2, norms
+
+
+def test_stl_trains_without_the_sequential_inverse(monkeypatch, jax_fast_compile):
+    (x, y), _, _ = regression_data()
+    guide = AutoFlow(regression, flow="iaf", transforms=2, warmup="map", stl=True)
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("the sequential inverse ran")
+
+    monkeypatch.setattr(MaskedAutoregressive, "_sequential", refuse)
+    _, losses = train(regression, guide, x, y, steps=300, lr=2e-2, elbo=Trace_ELBO(4))
+    assert np.isfinite(losses).all()
+    assert losses[-50:].mean() < losses[:10].mean() - 50
+    with pytest.raises(TypeError, match=r"stl must be True or False, got 'yes'"):
+        AutoFlow(regression, stl="yes")
 
 
 def test_neutra_reparam_runs_nuts_on_the_warped_space():

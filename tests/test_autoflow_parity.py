@@ -48,9 +48,11 @@ def _guides(base: dict):
 
 
 def _moved(params: dict, seed: int) -> dict:
-    """Every array moved by noise, so no value matches by chance (the warm start's too)."""
+    """Every array moved by noise, so no value matches by chance (the warm start's too; its
+    factor stays lower-triangular)."""
     rng = np.random.default_rng(seed)
-    return {k: v + 0.2 * rng.standard_normal(v.shape) for k, v in params.items()}
+    moved = {k: v + 0.2 * rng.standard_normal(v.shape) for k, v in params.items()}
+    return {k: np.tril(v) if k.endswith("scale_tril") else v for k, v in moved.items()}
 
 
 def _assert_same_density(flow_pyro, flow_jax):

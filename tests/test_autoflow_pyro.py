@@ -8,6 +8,7 @@ where a flow on the raw unconstrained space stalls).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -305,6 +306,76 @@ def test_a_laplace_base_covers_an_exponential_tail():
         AutoFlow(model, base="cauchy")
     with pytest.raises(ValueError, match=r"base_df .* cannot go with base='laplace'"):
         AutoFlow(model, base="laplace", base_df=4.0)
+
+
+def _gaussian_model():
+    """A Gaussian posterior in float64: N(0, 4 I) prior on x (3 dims), one unit-noise
+    observation of x. The Laplace warm start is then the exact posterior."""
+    x = pyro.sample("x", dist.Normal(torch.zeros(3, dtype=torch.float64), 2.0).to_event(1))
+    y = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    pyro.sample("y", dist.Normal(x, 1.0).to_event(1), obs=y)
+
+
+@pytest.mark.parametrize("base", ["normal", "laplace"])
+@pytest.mark.parametrize("flow", ["iaf", "nsf"])
+def test_stl_gives_the_value_and_the_path_gradient(flow, base, float64):
+    """``stl=True``: the same log q of the guide's draws, and as gradient exactly that of
+    log q under frozen weights at x(weights), computed here by the flow's inverse."""
+    guide = AutoFlow(_gaussian_model, flow=flow, base=base, stl=True, transforms=2, hidden=(16,))
+    guide()
+    with torch.no_grad():
+        for p in guide.flow.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # away from the identity
+    params = list(guide.flow.parameters())
+    posterior = guide.get_posterior().expand((6,))
+    x = posterior.rsample()
+    log_q = posterior.log_prob(x)
+    grads = torch.autograd.grad(log_q.sum(), params, retain_graph=True, allow_unused=True)
+    frozen = copy.deepcopy(guide.flow).requires_grad_(False)
+    reference = frozen().log_prob(x)  # the inverse, with gradients through x only
+    expected = torch.autograd.grad(reference.sum(), params, allow_unused=True)
+    torch.testing.assert_close(log_q, reference, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, expected, strict=True):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+
+
+def test_stl_gradient_vanishes_at_the_exact_posterior(float64):
+    """At the exact posterior (Laplace warm start of a Gaussian model, flow at the identity)
+    every draw's path gradient is zero, while the usual estimator's is noise."""
+    norms = {}
+    for stl in (False, True):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AutoFlow(_gaussian_model, stl=stl, transforms=2, hidden=(16,))
+        guide()
+        assert guide.warm_start_ == "laplace"
+        loss = Trace_ELBO(num_particles=4, vectorize_particles=True).differentiable_loss(
+            _gaussian_model, guide
+        )
+        grads = torch.autograd.grad(loss, list(guide.flow.parameters()), allow_unused=True)
+        norms[stl] = max(g.abs().max().item() for g in grads if g is not None)
+    assert norms[True] < 1e-8, norms
+    assert norms[False] > 1e-2, norms
+
+
+def test_stl_trains_without_the_sequential_inverse(monkeypatch):
+    (x, y), _, _ = regression_data()
+    guide = AutoFlow(regression, flow="iaf", transforms=2, warmup="map", stl=True)
+    train(regression, guide, x, y, steps=1)
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("the sequential inverse ran")
+
+    monkeypatch.setattr(MaskedAutoregressive, "_sequential", refuse)
+    elbo = Trace_ELBO(num_particles=4, vectorize_particles=True)
+    losses = train(regression, guide, x, y, steps=300, lr=2e-2, elbo=elbo)
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-50:]) < np.mean(losses[:10]) - 50
+    with pytest.raises(TypeError, match=r"stl must be True or False, got 'yes'"):
+        AutoFlow(regression, stl="yes")
 
 
 def test_neutra_reparam_runs_nuts_on_the_warped_space():

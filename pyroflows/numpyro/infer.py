@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,13 +30,13 @@ from numpyro.contrib.module import eqx_module
 from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_median
 
-from pyroflows._autoflow import check_arguments, recipe_kwargs, warm_start
+from pyroflows._autoflow import check_arguments, check_stl, recipe_kwargs, warm_start
 from pyroflows.numpyro import flows as recipes
 from pyroflows.numpyro.core import Bijection
 from pyroflows.numpyro.distributions import Flow, FlowDistribution
 from pyroflows.numpyro.linear import LULinear
 
-__all__ = ["AutoFlow", "FixedAffine", "RECIPES"]
+__all__ = ["AutoFlow", "FixedAffine", "PathGradientFlowDistribution", "RECIPES"]
 
 #: Recipe names accepted by ``AutoFlow(model, flow=...)``.
 RECIPES: dict[str, Callable[..., Flow]] = {
@@ -71,6 +72,8 @@ class AutoFlow(AutoContinuous):
             (needs ``base_df``), as in the torch backend.
         base_df: ``None`` (default) or the degrees of freedom of a fixed Student-t base;
             given alone, it selects ``base="student_t"``.
+        stl: Score the guide's own draws with the path gradient only ("sticking the
+            landing", `PathGradientFlowDistribution`), as in the torch backend.
         **flow_kwargs: Passed to the recipe (defaults ``transforms=3``,
             ``hidden=(w, w)`` with ``w = max(32, 4 * latent_dim)``).
 
@@ -99,11 +102,13 @@ class AutoFlow(AutoContinuous):
         key: Array | None = None,
         base: str = "normal",
         base_df: float | None = None,
+        stl: bool = False,
         **flow_kwargs,
     ) -> None:
         self._base_kind = check_arguments(
             flow, warmup, init_scale, "(latent_dim, key) -> Flow", base_df, base
         )
+        self._stl = check_stl(stl)
         self._base_df = None if base_df is None else float(base_df)
         self._flow_spec = flow
         self._flow_kwargs = flow_kwargs
@@ -239,7 +244,13 @@ class AutoFlow(AutoContinuous):
 
     def _get_posterior(self) -> FlowDistribution:
         flow = eqx_module(f"{self.prefix}_flow", self._flow_init)
-        return flow()
+        return self._stl_posterior(flow())
+
+    def _stl_posterior(self, posterior: FlowDistribution) -> FlowDistribution:
+        """``posterior`` as a `PathGradientFlowDistribution` if ``stl=True``."""
+        if self._stl:
+            return PathGradientFlowDistribution(posterior.base_dist, posterior.chain)
+        return posterior
 
     def flow(self, params: dict) -> Flow:
         """The trained flow (over the packed unconstrained latent) from SVI's ``params``."""
@@ -265,6 +276,45 @@ class AutoFlow(AutoContinuous):
         if q.ndim != 1 or not bool(((q > 0) & (q < 1)).all()):
             raise ValueError(f"quantiles must be a list of levels in (0, 1), got {quantiles!r}")
         return {name: jnp.quantile(v, q, axis=0) for name, v in self._draws(params).items()}
+
+
+class PathGradientFlowDistribution(FlowDistribution):
+    """A flow distribution that scores its own draws with the path gradient only.
+
+    ``log_prob(x, intermediates)`` of a draw ``x = f(u)`` has the usual value, but its
+    gradient with respect to the flow's weights is only the part that flows through ``x``:
+    ``grad_x log q(x) . dx/dtheta``, with ``grad_x log q(x) = J^{-T} grad_u [log p(u) -
+    log|det J(u)|]`` from the Jacobian ``J`` of the chain at ``u`` (frozen weights). The
+    score term ``grad_theta log q_theta(x)``, whose mean is zero, is left out: "sticking the
+    landing" (Roeder et al., 2017). Its variance vanishes where the guide matches the
+    posterior. Cost: a Jacobian of the chain per draw (``latent_dim`` forward-mode passes).
+    Without intermediates ``log_prob`` is the plain one.
+    """
+
+    def log_prob(self, value: Array, intermediates: list | None = None) -> Array:
+        if intermediates is None:
+            return super().log_prob(value)
+        z, log_det = intermediates[0]
+        full = self.base_dist.log_prob(z) - log_det
+        score = jax.lax.stop_gradient(_score_of_draws(self.chain, self.base_dist, z))
+        path = (score * value).sum(-1)
+        return jax.lax.stop_gradient(full) + path - jax.lax.stop_gradient(path)
+
+
+def _score_of_draws(chain, base: dist.Distribution, z: Array) -> Array:
+    """``grad_x log q(x)`` at ``x = chain(z)`` for each draw ``z`` (``(..., features)``)."""
+    frozen = jax.tree_util.tree_map(
+        lambda a: jax.lax.stop_gradient(a) if eqx.is_inexact_array(a) else a, chain
+    )
+
+    def one(u: Array) -> Array:
+        jacobian = jax.jacfwd(lambda u: frozen.forward_and_log_det(u[None])[0][0])(u)
+        grad_u = jax.grad(lambda u: base.log_prob(u) - frozen.forward_and_log_det(u[None])[1][0])(u)
+        return jnp.linalg.solve(jacobian.T, grad_u)
+
+    z = jax.lax.stop_gradient(z)
+    flat = z.reshape(-1, z.shape[-1])
+    return jax.vmap(one)(flat).reshape(z.shape)
 
 
 def _numpy(arrays: tuple[Array, ...]) -> tuple[np.ndarray, ...]:
