@@ -1,9 +1,9 @@
 """What AutoFlow costs: guide set-up (the MAP / Laplace warm start) and one SVI step.
 
 For each backend and each of the four posteriordb models of ``examples/posteriordb_*.py``,
-times pyroflows' ``AutoFlow`` (IAF and NSF) against the PPL's own ``AutoIAFNormal`` and
-``AutoMultivariateNormal``, all with the settings of those examples (3 flow layers of width
-``max(32, 4 * latent_dim)``, 8 particles):
+times pyroflows' ``AutoFlow`` (IAF, IAF with ``stl=True``, and NSF) against the PPL's own
+``AutoIAFNormal`` and ``AutoMultivariateNormal``, all with the settings of those examples
+(3 flow layers of width ``max(32, 4 * latent_dim)``, 8 particles):
 
 * set-up: the first ``svi.step`` (Pyro) or ``svi.init`` (NumPyro), which for AutoFlow runs
   the Newton MAP search, the Laplace approximation and the choice of the warm start (and in
@@ -35,7 +35,22 @@ sys.path.insert(0, str(HERE.parent / "examples"))
 
 import posteriordb_data as pdb  # noqa: E402
 
-GUIDES = ("AutoMultivariateNormal", "AutoIAFNormal", "AutoFlow-iaf", "AutoFlow-nsf")
+GUIDES = (
+    "AutoMultivariateNormal",
+    "AutoIAFNormal",
+    "AutoFlow-iaf",
+    "AutoFlow-iaf stl=True",
+    "AutoFlow-nsf",
+)
+
+
+def _guide(guide_name: str, posterior: str) -> tuple[str, pdb.GuideSettings]:
+    """The example's guide name and settings; a trailing ``stl=True`` adds that option."""
+    name, _, option = guide_name.partition(" ")
+    settings = pdb.guide_settings(name, posterior)
+    if option == "stl=True":
+        settings.options = {**(settings.options or {}), "stl": True}
+    return name, settings
 
 
 def bench_pyro(posterior: str, guide_name: str, inputs: dict, steps: int) -> tuple[float, float]:
@@ -46,11 +61,11 @@ def bench_pyro(posterior: str, guide_name: str, inputs: dict, steps: int) -> tup
     from pyro.optim import ClippedAdam
 
     args = tuple(torch.as_tensor(v) for v in inputs.values())
-    settings = pdb.guide_settings(guide_name, posterior)
+    name, settings = _guide(guide_name, posterior)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     model = ex.MODELS[posterior]
-    guide = ex.make_guide(guide_name, model, pdb.LATENT_DIM[posterior], settings.options)
+    guide = ex.make_guide(name, model, pdb.LATENT_DIM[posterior], settings.options)
     elbo = Trace_ELBO(num_particles=settings.particles, vectorize_particles=True)
     svi = SVI(model, guide, ClippedAdam({"lr": settings.lr}), elbo)
     start = time.perf_counter()
@@ -74,9 +89,9 @@ def bench_numpyro(posterior: str, guide_name: str, inputs: dict, steps: int) -> 
     from numpyro.infer import SVI, Trace_ELBO
 
     args = tuple(jnp.asarray(v) for v in inputs.values())
-    settings = pdb.guide_settings(guide_name, posterior)
+    name, settings = _guide(guide_name, posterior)
     model = ex.MODELS[posterior]
-    guide = ex.make_guide(guide_name, model, pdb.LATENT_DIM[posterior], 0, settings.options)
+    guide = ex.make_guide(name, model, pdb.LATENT_DIM[posterior], 0, settings.options)
     svi = SVI(model, guide, numpyro.optim.Adam(settings.lr), Trace_ELBO(settings.particles))
     start = time.perf_counter()
     state = svi.init(jax.random.key(0), *args)
