@@ -307,10 +307,14 @@ def _score_of_draws(chain, base: dist.Distribution, z: Array) -> Array:
         lambda a: jax.lax.stop_gradient(a) if eqx.is_inexact_array(a) else a, chain
     )
 
+    def outputs(u: Array) -> Array:
+        """``x`` and ``log p(u) - log|det J(u)|`` in one vector: one pass gives both."""
+        x, log_det = frozen.forward_and_log_det(u[None])
+        return jnp.append(x[0], base.log_prob(u) - log_det[0])
+
     def one(u: Array) -> Array:
-        jacobian = jax.jacfwd(lambda u: frozen.forward_and_log_det(u[None])[0][0])(u)
-        grad_u = jax.grad(lambda u: base.log_prob(u) - frozen.forward_and_log_det(u[None])[1][0])(u)
-        return jnp.linalg.solve(jacobian.T, grad_u)
+        derivatives = jax.jacfwd(outputs)(u)  # rows: the Jacobian J, then grad_u
+        return jnp.linalg.solve(derivatives[:-1].T, derivatives[-1])
 
     z = jax.lax.stop_gradient(z)
     flat = z.reshape(-1, z.shape[-1])
