@@ -294,8 +294,8 @@ class PathGradientFlowDistribution(FlowDistribution):
     def log_prob(self, value: Array, intermediates: list | None = None) -> Array:
         if intermediates is None:
             return super().log_prob(value)
-        z, log_det = intermediates[0]
-        full = self.base_dist.log_prob(z) - log_det
+        full = super().log_prob(value, intermediates)  # no pass through the flow
+        z = intermediates[0][0]
         score = jax.lax.stop_gradient(_score_of_draws(self.chain, self.base_dist, z))
         path = (score * value).sum(-1)
         return jax.lax.stop_gradient(full) + path - jax.lax.stop_gradient(path)

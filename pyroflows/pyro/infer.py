@@ -377,8 +377,8 @@ class PathGradientFlowDistribution(FlowDistribution):
         last = self._last
         if last is None or value is not last[0] or not torch.is_grad_enabled():
             return super().log_prob(value)
-        _, z, log_det = last
-        full = self.base_dist.log_prob(z) - log_det
+        full = super().log_prob(value)  # the cached draw: no pass through the flow
+        z = last[1]
         score = _score_of_draws(self.bijections, self.base_dist, z)
         path = (score * value).sum(-1)
         return full.detach() + path - path.detach()
