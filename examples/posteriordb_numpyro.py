@@ -147,7 +147,7 @@ def make_guide(name: str, model: Callable, latent_dim: int, seed: int, options: 
     if name.startswith("AutoFlow-"):
         return pfj.AutoFlow(
             model,
-            flow=name.split("-", 1)[1],
+            flow=pdb.flow_recipe(name),
             init_loc_fn=init,
             key=jax.random.key(seed + 1),
             **pdb.autoflow_kwargs(latent_dim, options),

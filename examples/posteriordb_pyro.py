@@ -150,7 +150,7 @@ def make_guide(name: str, model: Callable, latent_dim: int, options: dict):
     if name.startswith("AutoFlow-"):
         return pf.AutoFlow(
             model,
-            flow=name.split("-", 1)[1],
+            flow=pdb.flow_recipe(name),
             init_loc_fn=init,
             **pdb.autoflow_kwargs(latent_dim, options),
         )

@@ -209,3 +209,21 @@ def test_command_line_overrides_reach_the_settings_and_the_flow_size() -> None:
         "AutoFlow-iaf", "diamonds", argparse.Namespace(lr=None, particles=None, autoflow=None)
     )
     assert pdb.autoflow_kwargs(26, plain.options) == {"transforms": 3, "hidden": (104, 104)}
+
+
+def test_the_laplace_stl_guide_is_the_iaf_recipe_with_its_options() -> None:
+    pdb = _import_posteriordb_data()
+    settings = pdb.guide_settings("AutoFlow-iaf-laplace-stl", "eight_schools_centered")
+    assert settings.options == {"base": "laplace", "stl": True}
+    assert settings.particles == 8
+    assert pdb.flow_recipe("AutoFlow-iaf-laplace-stl") == "iaf"
+    assert pdb.flow_recipe("AutoFlow-nsf") == "nsf"
+    assert pdb.autoflow_options(settings.options) == "warmup='laplace', base='laplace', stl=True"
+    with pytest.raises(ValueError, match="AutoFlow guide name, got 'AutoNormal'"):
+        pdb.flow_recipe("AutoNormal")
+    # the command line's --autoflow still overrides the variant's own options
+    args = argparse.Namespace(lr=None, particles=None, autoflow={"stl": False})
+    assert pdb._settings("AutoFlow-iaf-laplace-stl", "diamonds", args).options == {
+        "base": "laplace",
+        "stl": False,
+    }
