@@ -1,8 +1,9 @@
 """Variational guides on four posteriordb posteriors, Pyro (PyTorch) backend.
 
 Compares Pyro's ``AutoNormal``, ``AutoMultivariateNormal`` and ``AutoIAFNormal`` with
-`pyroflows.pyro.AutoFlow` (``flow="iaf"`` and ``flow="nsf"``) on real posteriors with
-reference draws from long NUTS runs (posteriordb):
+`pyroflows.pyro.AutoFlow` (``flow="iaf"`` and ``flow="nsf"``, and the guide
+``AutoFlow-iaf-laplace-stl``: ``flow="iaf", base="laplace", stl=True``) on real posteriors
+with reference draws from long NUTS runs (posteriordb):
 
 * ``eight_schools_noncentered`` (10 parameters) and ``eight_schools_centered`` (10, a funnel;
   its reference is the non-centered draws of theta, mu, tau),
