@@ -49,7 +49,7 @@ def _guide(guide_name: str, posterior: str) -> tuple[str, pdb.GuideSettings]:
     name, _, option = guide_name.partition(" ")
     settings = pdb.guide_settings(name, posterior)
     if option == "stl=True":
-        settings.options = {**(settings.options or {}), "stl": True}
+        settings.options = {**settings.options, "stl": True}
     return name, settings
 
 

@@ -62,7 +62,7 @@ __all__ = [
     "BASELINE_LR",
     "GuideSettings",
     "AUTOFLOW_LR",
-    "AUTOFLOW_VARIANTS",
+    "AUTOFLOW_OPTIONS",
     "guide_settings",
     "flow_recipe",
     "flow_width",
@@ -92,11 +92,14 @@ GUIDES: tuple[str, ...] = (
     "AutoFlow-nsf",
 )
 
-#: The AutoFlow guides that are not the recipe's defaults: their extra keyword arguments.
-#: ``AutoFlow-iaf-laplace-stl`` is the setting docs/inference.md recommends for hierarchical
-#: models (a Laplace base under the IAF and sticking-the-landing path gradients).
-AUTOFLOW_VARIANTS: dict[str, dict] = {
+#: AutoFlow's keyword arguments per guide, beyond the recipe (``flow_recipe``) and the size.
+#: ``AutoFlow-nsf``: spline coupling (AutoFlow's default for "nsf", spelled out for the
+#: table); the autoregressive NSF is MAF-direction and would draw one latent dimension at a
+#: time. ``AutoFlow-iaf-laplace-stl``: the setting docs/inference.md recommends for
+#: hierarchical models (a Laplace base under the IAF and sticking-the-landing path gradients).
+AUTOFLOW_OPTIONS: dict[str, dict] = {
     "AutoFlow-iaf-laplace-stl": {"base": "laplace", "stl": True},
+    "AutoFlow-nsf": {"mode": "coupling"},
 }
 
 
@@ -188,10 +191,7 @@ def guide_settings(guide: str, posterior: str) -> GuideSettings:
     """The settings used for ``guide`` on ``posterior`` (the same in both scripts)."""
     if guide in BASELINE_LR:
         return GuideSettings(lr=BASELINE_LR[guide][posterior])
-    # Spline coupling (AutoFlow's default for "nsf", spelled out for the table): the
-    # autoregressive NSF is MAF-direction and would draw one latent dimension at a time.
-    options: dict = {"mode": "coupling"} if guide == "AutoFlow-nsf" else {}
-    options.update(AUTOFLOW_VARIANTS.get(guide, {}))
+    options = dict(AUTOFLOW_OPTIONS.get(guide, {}))  # a copy: callers may update it
     return GuideSettings(lr=AUTOFLOW_LR[guide][posterior], options=options)
 
 
