@@ -208,8 +208,10 @@ def test_fit_initialises_actnorm_from_the_first_batch():
     )
     act = trained.transforms[1]
     assert act.initialized
-    # fit's first batch: the first rows of its seeded permutation (no validation split)
-    first = data[np.random.default_rng(3).permutation(300)[:batch]]
+    # fit's first batch, the one torch's ActNorm initialises itself on: the generator seeded
+    # with `seed` draws the split (no validation rows here), then epoch 0's order
+    rng = np.random.default_rng(3)
+    first = data[rng.permutation(300)][rng.permutation(300)[:batch]]
     np.testing.assert_allclose(act.loc, first.mean(0), atol=1e-4)
     np.testing.assert_allclose(act.log_scale, np.log(first.std(0, ddof=1)), atol=1e-4)
     # not the whole data set's statistics: the first batch is what it saw
@@ -223,3 +225,204 @@ def test_fit_initialises_actnorm_from_the_first_batch():
     np.testing.assert_array_equal(again.transforms[1].loc, act.loc)
     fresh = pfj.initialize_actnorm(flow, jnp.asarray(data - 10))
     np.testing.assert_allclose(fresh.transforms[1].loc, data.mean(0) - 10, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- regressions
+
+BAD_ARGUMENTS = [
+    ({"clip_grad": -1.0}, r"clip_grad must be None \(no clipping\) or a finite number > 0, got -1"),
+    ({"clip_grad": 0.0}, r"clip_grad must be None.*> 0, got 0.0"),
+    ({"lr": -1e-3}, r"lr must be a finite number > 0, got -0.001"),
+    ({"lr": 0}, r"lr must be a finite number > 0, got 0"),
+    ({"lr": float("nan")}, r"lr must be a finite number > 0, got nan"),
+    ({"weight_decay": -0.1}, r"weight_decay must be a finite number >= 0, got -0.1"),
+    ({"epochs": 0}, r"epochs must be a positive int, got 0"),
+    ({"epochs": 2.0}, r"epochs must be a positive int, got 2.0"),
+    ({"batch_size": 0}, r"batch_size must be a positive int, got 0"),
+    ({"batch_size": True}, r"batch_size must be a positive int, got True"),
+    ({"patience": 0}, r"patience must be None \(never stop early\) or a positive int, got 0"),
+    ({"patience": 2.5}, r"patience must be None.*got 2.5"),
+    ({"validation": 1.0}, r"validation must be a fraction in \[0, 1\).*got 1.0"),
+    ({"validation": "0.1"}, r"validation must be a fraction in \[0, 1\).*got '0.1'"),
+    ({"seed": -1}, r"seed must be a non-negative int, got -1"),
+    ({"seed": None}, r"seed must be a non-negative int, got None"),
+    ({"progress": "no"}, r"progress must be a bool, got 'no'"),
+    ({"every": 2}, r"every .*needs checkpoint=path, got every=2 without a checkpoint"),
+    ({"checkpoint": 3}, r"checkpoint must be None or a file path.*got 3"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD_ARGUMENTS, ids=lambda v: str(v)[:30])
+def test_fit_rejects_bad_arguments(kwargs, message):
+    flow = pfj.Flow([pfj.Scale(2)])
+    data = np.random.default_rng(0).standard_normal((40, 2))
+    with pytest.raises(ValueError, match=message):
+        pfj.fit(flow, data, **{"epochs": 2, "progress": False, **kwargs})
+
+
+def test_fit_negative_lr_and_clip_grad_no_longer_train_uphill():
+    # before the fix, lr=-0.1 (or clip_grad=-1) ran Adam uphill: the NLL grew every epoch
+    data = 3 + np.random.default_rng(0).standard_normal((100, 2))
+    flow = pfj.Flow([pfj.ActNorm(2, initialized=True)])
+    for bad in ({"lr": -0.1}, {"clip_grad": -1.0, "lr": 0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            pfj.fit(flow, data, epochs=3, validation=0.0, progress=False, **bad)
+    _, history = pfj.fit(flow, data, epochs=3, lr=0.1, validation=0.0, progress=False)
+    assert history["train"][-1] < history["train"][0] - 0.5  # downhill
+
+
+def test_fit_accepts_numpy_ints_as_python_ints():
+    # 16 held out, 64 trained in batches of 16: one batch shape, one compilation
+    data = np.random.default_rng(0).standard_normal((80, 2)).astype(np.float32)
+    flow = pfj.Flow([pfj.Scale(2)])
+    ints = {"epochs": 3, "batch_size": 16, "patience": 1, "seed": 5}
+    runs = [
+        pfj.fit(
+            flow, data, validation=0.2, progress=False, **{k: cast(v) for k, v in ints.items()}
+        )[1]
+        for cast in (int, np.int64)
+    ]
+    assert runs[0] == runs[1]
+    assert len(runs[0]["train"]) >= 2
+
+
+def test_fit_empty_data_says_the_data_has_no_rows():
+    flow = pfj.Flow([pfj.Scale(2)])
+    with pytest.raises(ValueError, match=r"^data has no rows \(shape \(0, 2\)\)"):
+        pfj.fit(flow, np.zeros((0, 2)), progress=False)
+    with pytest.raises(ValueError, match=r"^data has no rows"):
+        pfj.fit(flow, np.zeros((0, 2)), validation=0.0, progress=False)
+    with pytest.raises(ValueError, match=r"^validation data has no rows \(shape \(0, 2\)\)"):
+        pfj.fit(flow, np.ones((9, 2)), validation=np.zeros((0, 2)), progress=False)
+    # the validation-split message is kept for a split that really leaves nothing
+    with pytest.raises(ValueError, match=r"no training data left after the validation split.*1 "):
+        pfj.fit(flow, np.ones((1, 2)), validation=0.9, progress=False)
+
+
+def _nested_flows(small: bool = False, features: int = 3, context: int = 2):
+    """The same nested flow in both backends (torch weights perturbed, then copied to JAX
+    with every ActNorm left uninitialised), as ``(torch_flow, jax_flow)``; ``small`` keeps
+    the first two chains and the last ActNorm."""
+    import torch
+
+    import pyroflows.pyro as pf
+    from pyroflows.numpyro.params import _rescan
+
+    def build(m, **key):
+        def made(i):
+            k = {"key": jax.random.key(i)} if key else {}
+            return m.MaskedAutoregressive(features, context, hidden=(8,), invert=True, **k)
+
+        layers = [
+            m.Chain([m.ActNorm(features), made(0)]),  # a Chain inside the Flow
+            m.Chain([m.ActNorm(features), made(1)]),  # same structure: JAX stacks them
+            m.Invert(m.ActNorm(features)),  # met in its forward direction: left alone
+            m.Invert(m.Invert(m.Chain([m.ActNorm(features), made(3)]))),
+            m.Chain([m.Chain([m.ActNorm(features), made(2)]) for _ in range(2)]),
+            m.ActNorm(features),
+        ]
+        return m.Flow([*layers[:2], layers[-1]] if small else layers)
+
+    torch.manual_seed(0)
+    tflow = build(pf)
+    with torch.no_grad():
+        for name, p in tflow.named_parameters():
+            if not name.endswith(("loc", "log_scale")):
+                p.normal_(0, 0.3)
+    jflow = pfj.set_params(build(pfj, key=True), pf.get_params(tflow))
+    jflow = _rescan(
+        jax.tree_util.tree_map(
+            lambda m: pfj.ActNorm(m.features) if isinstance(m, pfj.ActNorm) else m,
+            _rescan(jflow, scan=False),
+            is_leaf=lambda m: isinstance(m, pfj.ActNorm),
+        ),
+        scan=True,
+    )
+    return tflow, jflow
+
+
+def _actnorm_params(params):
+    return {k: v for k, v in params.items() if k.endswith(("loc", "log_scale"))}
+
+
+def test_initialize_actnorm_reaches_nested_layers_as_torch_does(float64, jax_x64, jax_fast_compile):
+    import torch
+
+    import pyroflows.pyro as pf
+    from pyroflows.numpyro.core import Stack
+
+    tflow, jflow = _nested_flows()
+    # the JAX flow holds stacks: of two Chains at the top, of two Chains inside a Chain
+    assert isinstance(jflow.transforms[0], Stack)
+    assert isinstance(jflow.transforms[3].transforms[0], Stack)
+    rng = np.random.default_rng(0)
+    x = 4 + 3 * rng.standard_normal((50, 3))
+    c = rng.standard_normal((50, 2))
+    tflow.train()
+    lp_torch = tflow(torch.as_tensor(c)).log_prob(torch.as_tensor(x)).detach().numpy()
+    # jitted (initialize_actnorm branches on static structure only): compiles faster than
+    # the eager scans run
+    jinit = eqx.filter_jit(pfj.initialize_actnorm)(jflow, jnp.asarray(x), jnp.asarray(c))
+    lp_jax = np.asarray(eqx.filter_jit(lambda f, x, c: f(c).log_prob(x))(jinit, x, c))
+    torch_act = _actnorm_params(pf.get_params(tflow))
+    jax_act = _actnorm_params(pfj.get_params(jinit))
+    assert sorted(torch_act) == sorted(jax_act) and len(torch_act) == 14
+    for name, value in torch_act.items():
+        np.testing.assert_allclose(jax_act[name], value, rtol=0, atol=1e-12, err_msg=name)
+    # every ActNorm met in its inverse direction was initialised, the inverted one was not
+    left_alone = {"transforms.2.bijection.loc", "transforms.2.bijection.log_scale"}
+    assert all(np.all(torch_act[k] == 0) for k in left_alone)
+    assert all(np.abs(v).max() > 0.05 for k, v in torch_act.items() if k not in left_alone)
+    np.testing.assert_allclose(lp_jax, lp_torch, rtol=0, atol=1e-10)
+    # the structure (stacks) is kept, and a second call changes nothing
+    assert isinstance(jinit.transforms[0], Stack)
+    again = pfj.initialize_actnorm(jinit, jnp.asarray(x - 7), jnp.asarray(c))
+    np.testing.assert_array_equal(
+        pfj.get_params(again)["transforms.5.loc"], jax_act["transforms.5.loc"]
+    )
+
+
+def test_fit_matches_torch_fit_step_for_step(float64, jax_x64, jax_fast_compile):
+    """Same seed, same split and batches (numpy), same ActNorm initialisation (first batch),
+    same Adam: the two backends' fit give the same history and parameters."""
+    import torch
+
+    import pyroflows.pyro as pf
+
+    tflow, jflow = _nested_flows(small=True)
+    rng = np.random.default_rng(1)
+    x = 4 + 3 * rng.standard_normal((80, 3))
+    c = rng.standard_normal((80, 2))
+    # 60 training rows in batches of 30: one batch shape, one compilation
+    kwargs = {"epochs": 2, "batch_size": 30, "lr": 1e-2, "validation": 0.25, "seed": 3}
+    kwargs.update(clip_grad=None, weight_decay=1e-3, progress=False)
+    torch_history = pf.fit(tflow, torch.as_tensor(x), torch.as_tensor(c), **kwargs)
+    jtrained, jax_history = pfj.fit(jflow, x, c, **kwargs)
+    np.testing.assert_allclose(jax_history["train"], torch_history["train"], rtol=1e-10)
+    np.testing.assert_allclose(jax_history["validation"], torch_history["validation"], rtol=1e-10)
+    assert jax_history["best_epoch"] == torch_history["best_epoch"]
+    torch_params, jax_params = pf.get_params(tflow), pfj.get_params(jtrained)
+    assert sorted(torch_params) == sorted(jax_params)
+    for name, value in torch_params.items():
+        np.testing.assert_allclose(jax_params[name], value, rtol=0, atol=1e-9, err_msg=name)
+
+
+def test_initialize_actnorm_warns_about_a_composite_it_cannot_enter():
+    class Wrapper(pfj.Bijection):
+        inner: pfj.ActNorm
+
+        def __init__(self, inner):
+            self.features, self.context_features, self.inner = inner.features, 0, inner
+
+        def forward_and_log_det(self, x, context=None):
+            return self.inner.forward_and_log_det(x)
+
+        def inverse_and_log_det(self, y, context=None):
+            return self.inner.inverse_and_log_det(y)
+
+    flow = pfj.Flow([Wrapper(pfj.ActNorm(2)), pfj.ActNorm(2)])
+    data = 3 + jax.random.normal(jax.random.key(0), (20, 2))
+    with pytest.warns(UserWarning, match=r"cannot look inside a Wrapper.*left uninitialised"):
+        flow = pfj.initialize_actnorm(flow, data)
+    assert flow.transforms[1].initialized and not flow.transforms[0].inner.initialized
+    np.testing.assert_allclose(flow.transforms[1].loc, data.mean(0), atol=1e-5)

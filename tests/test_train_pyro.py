@@ -245,3 +245,82 @@ def test_non_finite_validation_loss_raises_floating_point_error():
     val[0, 1] = -5.0
     with pytest.raises(FloatingPointError, match=r"validation loss became non-finite"):
         pf.fit(flow, data, epochs=2, validation=(val, None), progress=False)
+
+
+# --------------------------------------------------------------------------- regressions
+
+
+def test_fit_detaches_data_context_and_validation_that_require_grad():
+    torch.manual_seed(0)
+    source = pf.MAF(3, transforms=1, hidden=(8,))
+    data = source().rsample((96,))  # part of source's graph: requires grad
+    assert data.requires_grad
+    history = pf.fit(pf.MAF(3, transforms=1, hidden=(8,)), data, epochs=2, progress=False)
+    assert len(history["train"]) == 2 and all(math.isfinite(v) for v in history["train"])
+    # fit did not backpropagate into the flow that made the data
+    assert all(p.grad is None for p in source.parameters())
+    # a conditional flow with context and held-out validation data that require grad
+    context = torch.randn(96, 2, requires_grad=True)
+    val = (data[:20], context[:20])
+    flow = pf.MAF(3, context=2, transforms=1, hidden=(8,))
+    history = pf.fit(flow, data, context * 2, epochs=2, validation=val, progress=False)
+    assert len(history["validation"]) == 2
+    assert context.grad is None
+
+
+BAD_ARGUMENTS = [
+    ({"clip_grad": -1.0}, r"clip_grad must be None \(no clipping\) or a finite number > 0, got -1"),
+    ({"clip_grad": 0.0}, r"clip_grad must be None.*> 0, got 0.0"),
+    ({"lr": -1e-3}, r"lr must be a finite number > 0, got -0.001"),
+    ({"lr": 0}, r"lr must be a finite number > 0, got 0"),
+    ({"lr": float("nan")}, r"lr must be a finite number > 0, got nan"),
+    ({"weight_decay": -0.1}, r"weight_decay must be a finite number >= 0, got -0.1"),
+    ({"epochs": 0}, r"epochs must be a positive int, got 0"),
+    ({"epochs": 2.0}, r"epochs must be a positive int, got 2.0"),
+    ({"batch_size": 0}, r"batch_size must be a positive int, got 0"),
+    ({"batch_size": True}, r"batch_size must be a positive int, got True"),
+    ({"patience": 0}, r"patience must be None \(never stop early\) or a positive int, got 0"),
+    ({"patience": 2.5}, r"patience must be None.*got 2.5"),
+    ({"validation": 1.0}, r"validation must be a fraction in \[0, 1\).*got 1.0"),
+    ({"validation": "0.1"}, r"validation must be a fraction in \[0, 1\).*got '0.1'"),
+    ({"seed": -1}, r"seed must be a non-negative int, got -1"),
+    ({"seed": None}, r"seed must be a non-negative int, got None"),
+    ({"progress": "no"}, r"progress must be a bool, got 'no'"),
+    ({"every": 2}, r"every .*needs checkpoint=path, got every=2 without a checkpoint"),
+    ({"checkpoint": 3}, r"checkpoint must be None or a file path.*got 3"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD_ARGUMENTS, ids=lambda v: str(v)[:30])
+def test_fit_rejects_bad_arguments(kwargs, message):
+    flow = pf.MAF(2, transforms=1, hidden=(8,))
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        pf.fit(flow, torch.randn(40, 2), **{"epochs": 2, "progress": False, **kwargs})
+    # rejected before any training step
+    assert all(torch.equal(before[k], v) for k, v in flow.state_dict().items())
+
+
+def test_fit_accepts_numpy_ints_as_python_ints():
+    x = torch.randn(80, 2)  # 16 held out, 64 trained in batches of 16
+    runs = []
+    for cast in (int, np.int64):
+        torch.manual_seed(0)
+        flow = pf.MAF(2, transforms=1, hidden=(8,))
+        ints = {"epochs": 3, "batch_size": 16, "patience": 1, "seed": 5}
+        kwargs = {k: cast(v) for k, v in ints.items()}
+        runs.append(pf.fit(flow, x, validation=0.2, progress=False, **kwargs))
+    assert runs[0] == runs[1]
+    assert len(runs[0]["train"]) >= 2
+
+
+def test_fit_empty_data_says_the_data_has_no_rows():
+    with pytest.raises(ValueError, match=r"^data has no rows \(shape \(0, 2\)\)"):
+        pf.fit(pf.MAF(2, transforms=1, hidden=(8,)), torch.zeros(0, 2), progress=False)
+    with pytest.raises(ValueError, match=r"^data has no rows"):
+        pf.fit(pf.MAF(2, transforms=1), np.zeros((0, 2)), validation=0.0, progress=False)
+    with pytest.raises(ValueError, match=r"^validation data has no rows \(shape \(0, 2\)\)"):
+        pf.fit(pf.MAF(2, transforms=1), torch.randn(9, 2), validation=torch.zeros(0, 2))
+    # the validation-split message is kept for a split that really leaves nothing
+    with pytest.raises(ValueError, match=r"no training data left after the validation split.*1 "):
+        pf.fit(pf.MAF(2, transforms=1), torch.randn(1, 2), validation=0.9, progress=False)

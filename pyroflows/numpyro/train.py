@@ -1,12 +1,19 @@
-"""``fit``: maximum-likelihood training of a flow with optax Adam, minibatches, early stopping.
+"""``fit``: maximum-likelihood training of a flow with optax Adam, minibatches, early stopping
+and checkpoints.
 
 The JAX twin of `pyroflows.pyro.train`. JAX modules are immutable, so ``fit`` returns the
-trained flow together with the history (the torch ``fit`` trains in place).
+trained flow together with the history (the torch ``fit`` trains in place). The argument
+checks, the validation split and minibatch order (numpy, from ``seed``), the early-stopping
+rule and the checkpoint metadata live in `pyroflows._train`, shared with the torch ``fit``.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import warnings
+from functools import partial
 from typing import Any
 
 import equinox as eqx
@@ -16,10 +23,22 @@ import numpy as np
 import optax
 from jax import Array
 
+from pyroflows._train import (
+    Plan,
+    Tracker,
+    atomic_write,
+    check_fit_options,
+    check_resume,
+    check_rows,
+    checkpoint_meta,
+    fingerprint,
+)
+from pyroflows.numpyro.core import Bijection, Chain, Invert, Stack, _member_context
 from pyroflows.numpyro.distributions import Flow, _float_dtype
 from pyroflows.numpyro.linear import ActNorm
+from pyroflows.numpyro.params import _name
 
-__all__ = ["fit"]
+__all__ = ["fit", "initialize_actnorm"]
 
 
 def _as_array(name: str, value: Any, dtype, features: int) -> Array:
@@ -37,7 +56,43 @@ def _as_array(name: str, value: Any, dtype, features: int) -> Array:
     return jnp.asarray(array, dtype=dtype)
 
 
+def _adam(lr: float, weight_decay: float, clip_grad: float | None) -> optax.GradientTransformation:
+    """Adam as torch runs it: global-norm clipping, then L2 decay added to the gradient."""
+    parts = []
+    if clip_grad is not None:
+        parts.append(optax.clip_by_global_norm(clip_grad))
+    if weight_decay:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(optax.adam(lr))
+    return optax.chain(*parts)
+
+
+def _data_and_context(flow: Flow, data: Any, context: Any, dtype) -> tuple[Array, Array | None]:
+    """Check ``data`` and ``context`` against the flow; return them as arrays."""
+    data = _as_array("data", data, dtype, flow.features)
+    check_rows("data", data.shape)
+    if flow.context_features:
+        if context is None:
+            raise ValueError(
+                f"context is required: the flow was built with context={flow.context_features}, "
+                f"so pass an array of shape (n, {flow.context_features}) with data"
+            )
+        context = _as_array("context", context, dtype, flow.context_features)
+        if context.shape[0] != data.shape[0]:
+            raise ValueError(
+                f"context must have one row per data row: data has {data.shape[0]} rows, "
+                f"context has {context.shape[0]}"
+            )
+    elif context is not None:
+        raise ValueError(
+            "context was given, but the flow was built without context (context=0); got a "
+            f"context of shape {np.shape(context)}"
+        )
+    return data, context
+
+
 def _validation_set(validation: Any, flow: Flow, dtype) -> tuple[Array, Array | None]:
+    """Parse ``validation`` given as held-out data: ``val_data`` or ``(val_data, val_context)``."""
     if isinstance(validation, tuple):
         if len(validation) != 2:
             raise ValueError(
@@ -48,6 +103,7 @@ def _validation_set(validation: Any, flow: Flow, dtype) -> tuple[Array, Array | 
     else:
         val_data, val_context = validation, None
     val_data = _as_array("validation data", val_data, dtype, flow.features)
+    check_rows("validation data", val_data.shape)
     if flow.context_features:
         if val_context is None:
             raise ValueError(
@@ -69,30 +125,97 @@ def _validation_set(validation: Any, flow: Flow, dtype) -> tuple[Array, Array | 
     return val_data, val_context
 
 
-def initialize_actnorm(flow: Flow, data: Array, context: Array | None = None) -> Flow:
-    """Initialise the flow's uninitialised top-level ``ActNorm`` layers from ``data``.
+# ------------------------------------------------------------------ ActNorm initialisation
 
-    The data goes through the chain in the data -> base direction; each ``ActNorm`` met on
-    the way is set so that what reaches it comes out standardised.
+
+def _uninitialized(tree: Any) -> bool:
+    """Whether ``tree`` holds an ``ActNorm`` that is not initialised."""
+    layers = jax.tree_util.tree_leaves(tree, is_leaf=lambda m: isinstance(m, ActNorm))
+    return any(isinstance(m, ActNorm) and not m.initialized for m in layers)
+
+
+def _init_members(
+    members: list[Bijection], y: Array, context: Array | None, inverse: bool
+) -> tuple[list[Bijection], Array]:
+    """`_init_pass` through a chain's members (in reverse order for the inverse)."""
+    members = list(members)
+    for i in reversed(range(len(members))) if inverse else range(len(members)):
+        members[i], y = _init_pass(members[i], y, _member_context(members[i], context), inverse)
+    return members, y
+
+
+def _init_pass(
+    t: Bijection, y: Array, context: Array | None, inverse: bool
+) -> tuple[Bijection, Array]:
+    """Run ``t`` on ``y`` (its inverse when ``inverse``), initialising each uninitialised
+    ``ActNorm`` that the pass meets in its inverse direction, as torch's ActNorm initialises
+    itself; return the new ``t`` and its output. `Chain`, `Stack` and `Invert` are entered;
+    their structure (stacks included) is kept."""
+    if _uninitialized(t):
+        if isinstance(t, ActNorm) and inverse:
+            t = t.initialize(y)
+        elif isinstance(t, Invert):
+            inner, y = _init_pass(t.bijection, y, context, not inverse)
+            return eqx.tree_at(lambda m: m.bijection, t, inner), y
+        elif isinstance(t, Chain):
+            members, y = _init_members(t.transforms, y, context, inverse)
+            return eqx.tree_at(lambda m: m.transforms, t, tuple(members)), y
+        elif isinstance(t, Stack):
+            layers, y = _init_members(t.layers_list(), y, context, inverse)
+            return Stack(layers, t.period), y
+        elif not isinstance(t, ActNorm):
+            warnings.warn(
+                f"initialize_actnorm cannot look inside a {type(t).__name__}: its ActNorm "
+                "layers are left uninitialised (initialise them with ActNorm.initialize, or "
+                "set them with set_params)",
+                stacklevel=4,
+            )
+    step = t.inverse_and_log_det if inverse else t.forward_and_log_det
+    return t, step(y, context)[0]
+
+
+def initialize_actnorm(flow: Flow, data: Array, context: Array | None = None) -> Flow:
+    """Initialise the flow's uninitialised ``ActNorm`` layers from ``data``, as torch does.
+
+    The data goes through the flow in the data -> base direction; each uninitialised
+    ``ActNorm`` met on the way *in its inverse direction* is set so that what reaches it
+    comes out standardised (zero mean, unit variance per feature), and the pass goes on
+    with the initialised layer. This is what torch's ``ActNorm`` does on its first inverse
+    pass in training mode, in the same order and with the same values. The pass enters
+    `Chain` and `Invert` layers and the `pyroflows.numpyro.core.Stack` blocks of stacked
+    runs (which keep their structure); an ``ActNorm`` that runs forward in this pass (under
+    one ``Invert``, say) is left alone, as in torch. Initialised layers are kept, so calling
+    this twice changes nothing; the pass stops after the last layer it has to initialise.
+    Another composite bijection holding an uninitialised ``ActNorm`` gets a warning.
+
+    Args:
+        flow: The flow.
+        data: ``(n, features)`` data, ``n >= 2``.
+        context: ``(n, context)`` context for a conditional flow.
+
+    Returns:
+        The flow with its ActNorm layers initialised (the same structure otherwise).
 
     Examples:
         >>> import jax
         >>> import pyroflows.numpyro as pfj
-        >>> flow = pfj.Flow([pfj.ActNorm(2)])
+        >>> flow = pfj.Flow([pfj.Chain([pfj.ActNorm(2), pfj.Reverse(2)])])
         >>> flow = pfj.initialize_actnorm(flow, jax.random.normal(jax.random.key(0), (50, 2)))
-        >>> flow.layers[0].initialized
+        >>> flow.transforms[0].transforms[0].initialized
         True
     """
-    layers = list(flow.layers)
-    if not any(isinstance(t, ActNorm) and not t.initialized for t in layers):
+    members, y = list(flow.transforms), jnp.asarray(data)
+    pending = [_uninitialized(t) for t in members]
+    if not any(pending):
         return flow
-    y = jnp.asarray(data)
-    for i in reversed(range(len(layers))):
-        t = layers[i]
-        if isinstance(t, ActNorm) and not t.initialized:
-            layers[i] = t = t.initialize(y)
-        y, _ = t.inverse_and_log_det(y, context if t.context_features else None)
-    return Flow(layers, flow.base)
+    for i in reversed(range(len(members))):
+        if not any(pending[: i + 1]):  # no ActNorm left to initialise: stop the pass here
+            break
+        members[i], y = _init_pass(members[i], y, _member_context(members[i], context), True)
+    return eqx.tree_at(lambda f: f.transforms, flow, tuple(members))
+
+
+# ------------------------------------------------------------------ training
 
 
 def _trainable(flow: Flow) -> Any:
@@ -101,6 +224,62 @@ def _trainable(flow: Flow) -> Any:
     return eqx.tree_at(
         lambda f: f.transforms, spec, jax.tree_util.tree_map(eqx.is_inexact_array, flow.transforms)
     )
+
+
+def _numpy(*arrays: Array | None) -> list[np.ndarray | None]:
+    return [None if a is None else np.asarray(a) for a in arrays]
+
+
+def _layout(params: Any) -> list[list[Any]]:
+    """``[[name, shape, dtype], ...]`` of the trainable arrays (tree paths, stacks kept)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [[_name(path), list(leaf.shape), str(leaf.dtype)] for path, leaf in leaves]
+
+
+def _save(path: str, meta: dict, params, opt_state, best_params, plan, tracker) -> None:
+    """Write the checkpoint atomically (numpy ``.npz``: the arrays, metadata as JSON)."""
+    extra = {"rng": plan.rng_state, "tracker": tracker.state(), "best": best_params is not None}
+    arrays = {"meta": np.array(json.dumps({**meta, **extra}))}
+    for prefix, tree in (("params", params), ("opt", opt_state), ("best", best_params)):
+        for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
+            arrays[f"{prefix}.{i}"] = np.asarray(leaf)
+    atomic_write(path, lambda file: np.savez(file, **arrays))
+
+
+def _restore(path: str, arrays: dict, prefix: str, like: Any) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    restored = []
+    for i, leaf in enumerate(leaves):
+        value = arrays.get(f"{prefix}.{i}")
+        if value is None or value.shape != jnp.shape(leaf):
+            raise ValueError(
+                f"checkpoint {path!r} holds no {prefix} array {i} of shape {jnp.shape(leaf)}; "
+                "it does not match this flow and optimizer"
+            )
+        restored.append(jnp.asarray(value, dtype=jnp.result_type(leaf)))
+    if f"{prefix}.{len(leaves)}" in arrays:
+        raise ValueError(f"checkpoint {path!r} holds more {prefix} arrays than this fit has")
+    return jax.tree_util.tree_unflatten(treedef, restored)
+
+
+def _resume(path: str, meta: dict, params, opt_state, plan, epochs: int):
+    """Read the checkpoint at ``path``; return the params, optimizer state, tracker state
+    and best params it holds, and set the plan's generator state."""
+    try:
+        with np.load(path, allow_pickle=False) as file:
+            arrays = {key: file[key] for key in file.files}
+        saved = json.loads(str(arrays.pop("meta")))
+    except Exception as error:  # any unreadable file gets the same message
+        raise ValueError(
+            f"checkpoint {path!r} could not be read as a pyroflows.numpyro fit checkpoint "
+            f"({type(error).__name__}: {error}); delete it or pass another path"
+        ) from error
+    check_resume(path, saved, meta, epochs)
+    params_now = _restore(path, arrays, "params", params)
+    opt_state = _restore(path, arrays, "opt", opt_state)
+    best_params = _restore(path, arrays, "best", params) if saved["best"] else None
+    plan.rng_state = saved["rng"]
+    return params_now, opt_state, saved["tracker"], best_params
 
 
 def fit(
@@ -117,35 +296,60 @@ def fit(
     clip_grad: float | None = 5.0,
     seed: int = 0,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    every: int | None = None,
 ) -> tuple[Flow, dict[str, list[float] | int]]:
     """Fit a flow by maximum likelihood; return ``(trained_flow, history)``.
 
     Same arguments and behaviour as `pyroflows.pyro.fit`: minibatch Adam (optax) on the mean
     negative log-likelihood, with gradient clipping, L2 weight decay, a validation set for
-    early stopping (the best epoch's parameters are returned), a tqdm progress bar, and
-    uninitialised ``ActNorm`` layers set from the first batch. One training step is one
-    jitted call.
+    early stopping (the best epoch's parameters are returned) and a tqdm progress bar. One
+    training step is one jitted call. Uninitialised ``ActNorm`` layers, nested ones
+    included, are set from the first minibatch by `initialize_actnorm`, as torch's
+    initialise themselves.
+
+    The validation split and the minibatch order come from a numpy generator seeded with
+    ``seed``, as in `pyroflows.pyro.fit`: the same seed gives the same batches in both
+    backends, and in float64 the same history and parameters.
+
+    Checkpoints: with ``checkpoint=path``, the full training state is written to ``path``
+    every ``every`` epochs and when training ends: the trainable arrays, the optax state,
+    the number of epochs done, the generator state of the minibatch order, the history and
+    the early-stopping state (best value, best epoch, best arrays, patience counter). The
+    file is a numpy ``.npz`` archive (the arrays as tree leaves, the metadata as a JSON
+    string; no pickle), written to a temporary file in the same directory and moved over
+    ``path`` with ``os.replace``, so it is never partial. When ``path`` exists, ``fit``
+    resumes from it and continues to ``epochs`` epochs; the run then ends with the same
+    parameters and history as one that was never interrupted. A run that stopped early
+    stays stopped. Resuming checks that the checkpoint was written for a flow of the same
+    layout, with the same data and the same arguments (only ``epochs``, ``every`` and
+    ``progress`` may change).
 
     Args:
         flow: The flow to train.
-        data: Array-like ``(n, features)``.
+        data: Array-like ``(n, features)`` with ``n >= 1``.
         context: Array-like ``(n, context)`` for a conditional flow, else ``None``.
-        epochs: Maximum number of passes over the training data.
-        batch_size: Minibatch size.
-        lr: Adam learning rate.
-        weight_decay: L2 penalty added to the gradient (as torch's Adam does).
-        validation: Fraction of the data held out (0 for none), or held-out data given as
-            ``val_data`` or ``(val_data, val_context)``.
-        patience: Epochs without validation improvement before stopping (None: never stop).
-        clip_grad: Max global gradient norm (None: no clipping).
-        seed: Seed of the split and the minibatch order.
+        epochs: Maximum number of passes over the training data (int >= 1).
+        batch_size: Minibatch size (int >= 1).
+        lr: Adam learning rate (> 0).
+        weight_decay: L2 penalty added to the gradient, as torch's Adam does (>= 0).
+        validation: Fraction of the data held out, in ``[0, 1)`` (0 for none), or held-out
+            data given as ``val_data`` or ``(val_data, val_context)``.
+        patience: Epochs without validation improvement before stopping (int >= 1), or
+            ``None`` to never stop early.
+        clip_grad: Max global gradient norm (> 0), or ``None`` for no clipping.
+        seed: Seed of the split and the minibatch order (int >= 0).
         progress: Show a tqdm progress bar.
+        checkpoint: Path of the checkpoint file to write and to resume from, or ``None``.
+        every: Epochs between checkpoints (int >= 1, default 1); needs ``checkpoint``.
 
     Returns:
         The trained flow and ``{"train": [...], "validation": [...], "best_epoch": int}``.
 
     Raises:
-        ValueError: for data of the wrong shape or with non-finite values.
+        ValueError: for an argument out of range (the message names it), data of the wrong
+            shape, without rows or with non-finite values, or a ``checkpoint`` that does
+            not match the flow, the data or the arguments.
         FloatingPointError: when the loss becomes non-finite.
 
     Examples:
@@ -156,65 +360,74 @@ def fit(
         >>> flow, history = pfj.fit(flow, data, epochs=2, progress=False)
         >>> len(history["train"])
         2
+
+        Resumable training: a run given an existing checkpoint goes on from it.
+
+        >>> import os, tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "maf.npz")
+        ...     _ = pfj.fit(flow, data, epochs=2, checkpoint=path, progress=False)
+        ...     flow, history = pfj.fit(flow, data, epochs=4, checkpoint=path, every=2,
+        ...                             progress=False)
+        >>> len(history["train"])  # epochs 0 and 1 from the checkpoint, then 2 and 3
+        4
     """
     from tqdm.auto import tqdm
 
     if not isinstance(flow, Flow):
         raise TypeError(f"flow must be a pyroflows.numpyro.Flow, got {type(flow).__name__}")
+    held_out = isinstance(validation, tuple | list | np.ndarray | jax.Array)
+    options = check_fit_options(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        validation=validation,
+        held_out=held_out,
+        patience=patience,
+        clip_grad=clip_grad,
+        seed=seed,
+        progress=progress,
+        checkpoint=checkpoint,
+        every=every,
+    )
     dtype = _float_dtype(flow.transforms)
-    data = _as_array("data", data, dtype, flow.features)
-    if flow.context_features:
-        if context is None:
-            raise ValueError(
-                f"context is required: the flow was built with context={flow.context_features}, "
-                f"so pass an array of shape (n, {flow.context_features}) with data"
-            )
-        context = _as_array("context", context, dtype, flow.context_features)
-        if context.shape[0] != data.shape[0]:
-            raise ValueError(
-                f"context must have one row per data row: data has {data.shape[0]} rows, "
-                f"context has {context.shape[0]}"
-            )
-    elif context is not None:
-        raise ValueError(
-            "context was given, but the flow was built without context (context=0); got a "
-            f"context of shape {np.shape(context)}"
-        )
-    if batch_size < 1 or epochs < 1:
-        raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size} and {epochs}")
-
-    rng = np.random.default_rng(seed)
-    if isinstance(validation, tuple | list | np.ndarray | jax.Array):
+    data, context = _data_and_context(flow, data, context, dtype)
+    plan = Plan(data.shape[0], options.validation, options.seed)
+    if held_out:
         val_data, val_context = _validation_set(validation, flow, dtype)
-        train_idx = np.arange(data.shape[0])
+    elif plan.validation is None:
+        val_data, val_context = None, None
     else:
-        if not 0 <= validation < 1:
-            raise ValueError(f"validation must be a fraction in [0, 1), got {validation!r}")
-        perm = rng.permutation(data.shape[0])
-        n_val = int(round(validation * data.shape[0]))
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
-        val_data = data[val_idx] if n_val else None
-        val_context = context[val_idx] if (n_val and context is not None) else None
-    train_data = data[train_idx]
-    train_context = context[train_idx] if context is not None else None
+        val_data = data[plan.validation]
+        val_context = None if context is None else context[plan.validation]
+    train_data = data[plan.train]
+    train_context = None if context is None else context[plan.train]
     n = train_data.shape[0]
-    if n == 0:
-        raise ValueError("no training data left after the validation split")
 
+    # torch's ActNorm initialises itself on the first batch; here the same batch, up front
+    # (also when resuming: the structure must be that of the run that wrote the checkpoint)
+    first = plan.first_batch(options.batch_size)
     flow = initialize_actnorm(
-        flow,
-        train_data[:batch_size],
-        None if train_context is None else train_context[:batch_size],
+        flow, train_data[first], None if train_context is None else train_context[first]
     )
     params, static = eqx.partition(flow, _trainable(flow))
-    parts = []
-    if clip_grad is not None:
-        parts.append(optax.clip_by_global_norm(clip_grad))
-    if weight_decay:
-        parts.append(optax.add_decayed_weights(weight_decay))
-    parts.append(optax.adam(lr))
-    optimizer = optax.chain(*parts)
+    optimizer = _adam(options.lr, options.weight_decay, options.clip_grad)
     opt_state = optimizer.init(params)
+    tracker, best_params = Tracker(options.patience), None
+    path = options.checkpoint
+    if path is not None:
+        meta = checkpoint_meta(
+            "jax",
+            options,
+            _layout(params),
+            fingerprint(*_numpy(data, context, val_data, val_context)),
+        )
+        if os.path.exists(path):
+            params, opt_state, state, best_params = _resume(
+                path, meta, params, opt_state, plan, options.epochs
+            )
+            tracker = Tracker.from_state(state, options.patience)
 
     def nll(p, x, c):
         return -eqx.combine(p, static)(c).log_prob(x).mean()
@@ -226,56 +439,62 @@ def fit(
         return optax.apply_updates(p, updates), state, loss
 
     evaluate = jax.jit(nll)
-    history: dict = {"train": [], "validation": [], "best_epoch": 0}
-    best, best_params, waited = math.inf, None, 0
-    bar = tqdm(range(epochs), disable=not progress, desc="fit", leave=False)
+    start = tracker.epochs_done
+    bar = tqdm(
+        range(start, options.epochs if not tracker.stopped else start),
+        total=options.epochs,
+        initial=start,
+        disable=not options.progress,
+        desc="fit",
+        leave=False,
+    )
     for epoch in bar:
-        order = rng.permutation(n)
+        order = plan.epoch_order()
         total = 0.0
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        for begin in range(0, n, options.batch_size):
+            idx = order[begin : begin + options.batch_size]
             c = None if train_context is None else train_context[idx]
             params, opt_state, loss = step(params, opt_state, train_data[idx], c)
             loss = float(loss)
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"the loss became non-finite ({loss}) at epoch {epoch}, batch "
-                    f"{start // batch_size}; lower lr (now {lr}), standardise the data, or "
-                    "check that the data lies in the support of the flow"
+                    f"{begin // options.batch_size}; lower lr (now {options.lr}), standardise "
+                    "the data, or check that the data lies in the support of the flow"
                 )
             total += loss * idx.size
-        history["train"].append(total / n)
-        if val_data is None:
-            bar.set_postfix(train=f"{history['train'][-1]:.4f}")
-            continue
-        chunk = 4096
-        val = (
-            sum(
-                float(
-                    evaluate(
-                        params,
-                        val_data[i : i + chunk],
-                        None if val_context is None else val_context[i : i + chunk],
-                    )
+        val = None
+        if val_data is not None:
+            val = _validation_loss(partial(evaluate, params), val_data, val_context)
+            if not math.isfinite(val):
+                raise FloatingPointError(
+                    f"the validation loss became non-finite ({val}) at epoch {epoch}; lower lr "
+                    f"(now {options.lr}) or check that the validation data lies in the flow's "
+                    "support"
                 )
-                * min(chunk, val_data.shape[0] - i)
-                for i in range(0, val_data.shape[0], chunk)
-            )
-            / val_data.shape[0]
+        if tracker.record(total / n, val):
+            best_params = params
+        bar.set_postfix(
+            train=f"{tracker.train[-1]:.4f}", **({} if val is None else {"val": f"{val:.4f}"})
         )
-        if not math.isfinite(val):
-            raise FloatingPointError(
-                f"the validation loss became non-finite ({val}) at epoch {epoch}; lower lr "
-                f"(now {lr}) or check that the validation data lies in the flow's support"
-            )
-        history["validation"].append(val)
-        bar.set_postfix(train=f"{history['train'][-1]:.4f}", val=f"{val:.4f}")
-        if val < best:
-            best, waited, history["best_epoch"], best_params = val, 0, epoch, params
-        else:
-            waited += 1
-            if patience is not None and waited >= patience:
-                break
+        done = tracker.epochs_done
+        if path is not None and (
+            done % options.every == 0 or done == options.epochs or tracker.stopped
+        ):
+            _save(path, meta, params, opt_state, best_params, plan, tracker)
+        if tracker.stopped:
+            break
+    bar.close()
     if best_params is not None:
         params = best_params
-    return eqx.combine(params, static), history
+    return eqx.combine(params, static), tracker.history()
+
+
+def _validation_loss(nll, val_data: Array, val_context: Array | None, chunk: int = 4096) -> float:
+    """The mean NLL of the validation set, in chunks of ``chunk`` rows."""
+    total = 0.0
+    for i in range(0, val_data.shape[0], chunk):
+        c = None if val_context is None else val_context[i : i + chunk]
+        x = val_data[i : i + chunk]
+        total += float(nll(x, c)) * x.shape[0]
+    return total / val_data.shape[0]
