@@ -102,8 +102,9 @@ class SplineTransformer(Transformer):
     unnormalised heights and ``bins - 1`` unnormalised interior derivatives
     (``3 * bins - 1``); zero parameters give the identity. Same numerics as the torch
     backend: inputs are clamped into the interval for the inside branch (no NaN far
-    outside), the inverse's discriminant is clamped at zero, and the position inside a bin
-    is not clamped (so the input gradient at a knot is right).
+    outside; the slope at exactly +-bound is the spline's, 1), the inverse's discriminant is
+    clamped at zero and its root taken in the form that does not cancel, and the position
+    inside a bin is not clamped (so the input gradient at a knot is right).
 
     Args:
         bins: Number of bins.
@@ -155,7 +156,8 @@ class SplineTransformer(Transformer):
     def forward(self, x: Array, params: Array) -> tuple[Array, Array]:
         b = self.bound
         inside = (x >= -b) & (x <= b)
-        xc = jnp.clip(x, -b, b)
+        # inside, x itself (jnp.clip would halve the gradient at exactly +-bound)
+        xc = jnp.where(inside, x, jnp.clip(x, -b, b))
         x0, y0, w, h, d0, d1 = jnp.moveaxis(self._bin_table(params, xc, 0), -1, 0)
         s = h / w
         t = (xc - x0) / w
@@ -169,7 +171,8 @@ class SplineTransformer(Transformer):
     def inverse(self, y: Array, params: Array) -> tuple[Array, Array]:
         b = self.bound
         inside = (y >= -b) & (y <= b)
-        yc = jnp.clip(y, -b, b)
+        # inside, y itself (jnp.clip would halve the gradient at exactly +-bound)
+        yc = jnp.where(inside, y, jnp.clip(y, -b, b))
         x0, y0, w, h, d0, d1 = jnp.moveaxis(self._bin_table(params, yc, 1), -1, 0)
         s = h / w
         dy = yc - y0
@@ -177,10 +180,28 @@ class SplineTransformer(Transformer):
         qa = h * (s - d0) + dy * c
         qb = h * d0 - dy * c
         qc = -s * dy
-        disc = jnp.maximum(qb * qb - 4 * qa * qc, 0.0)
-        t = (2 * qc) / (-qb - jnp.sqrt(disc))
-        t1 = t * (1 - t)
+        root = jnp.sqrt(jnp.maximum(qb * qb - 4 * qa * qc, 0.0))
+        # t in [0, 1] in the form that does not cancel, and near the right end u = 1 - t
+        # from the quadratic in u (as in the torch backend)
+        positive = qb >= 0
+        t = jnp.where(
+            positive,
+            (2 * qc) / jnp.where(positive, -qb - root, -1.0),
+            (root - qb) / jnp.where(positive, 1.0, 2 * qa),
+        )
+        mb = h * (2 * s - d0) + dy * c  # minus the linear coefficient in u
+        cu = s * (h - dy)  # the constant in u, >= 0
+        positive = mb >= 0
+        u = jnp.where(
+            positive,
+            (2 * cu) / jnp.where(positive, mb + root, 1.0),
+            (mb - root) / jnp.where(positive, 1.0, 2 * qa),
+        )
+        right = t > 0.5
+        t, u = jnp.where(right, 1 - u, t), jnp.where(right, u, 1 - t)
+        t1 = t * u
         denom = s + c * t1
-        dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) ** 2)
+        dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * u * u)
         log_det = 2 * jnp.log(denom) - jnp.log(dnum)
-        return jnp.where(inside, x0 + t * w, y), jnp.where(inside, log_det, 0.0)
+        x = jnp.where(right, (x0 + w) - u * w, x0 + t * w)
+        return jnp.where(inside, x, y), jnp.where(inside, log_det, 0.0)

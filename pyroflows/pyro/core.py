@@ -9,13 +9,22 @@ determinant of the Jacobian of the map it computes:
 A bijection is also a Pyro ``TransformModule`` (a ``torch.distributions.Transform`` and an
 ``nn.Module``), so it can be used as it is in ``pyro.distributions.TransformedDistribution``
 and registered with ``pyro.module``. The last ``(input, output, log_det)`` triple is kept in a
-one-slot cache checked by identity, so Pyro's ``TransformedDistribution.log_prob`` (inverse, then
-``log_abs_det_jacobian``) makes one pass through the bijection, not two.
+one-slot cache checked by identity and by the tensors' version counters (an in-place edit
+misses the cache), so Pyro's ``TransformedDistribution`` scores its own samples without the
+inverse pass and its ``log_prob`` (inverse, then ``log_abs_det_jacobian``) makes one pass
+through the bijection, not two. The cache is dropped by ``copy.deepcopy`` and pickling.
+
+The two methods check their arguments (shape, dtype, device, context) when they are called
+from outside a pyroflows bijection; calls between bijections (a `Chain`'s members, a flow's
+layers) skip the checks, which the outermost call has made.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -24,7 +33,17 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 
-__all__ = ["Bijection", "Chain", "Invert", "ConditionedBijection", "check_event", "check_context"]
+from pyroflows import _checks
+
+__all__ = [
+    "Bijection",
+    "Chain",
+    "Invert",
+    "ConditionedBijection",
+    "check_event",
+    "check_context",
+    "check_dtype",
+]
 
 
 def check_event(name: str, value: Tensor, features: int) -> Tensor:
@@ -41,13 +60,50 @@ def check_event(name: str, value: Tensor, features: int) -> Tensor:
     return value
 
 
+_CONVERT = {torch.float32: ".float()", torch.float64: ".double()", torch.float16: ".half()"}
+
+
+def check_dtype(name: str, value: Tensor, like: Tensor | None) -> Tensor:
+    """Raise a ``ValueError`` unless ``value`` has the dtype and device of ``like`` (a tensor
+    of the flow; ``None`` when the flow has none, and then anything goes)."""
+    if like is None:
+        return value
+    if value.dtype != like.dtype:
+        convert = _CONVERT.get(like.dtype, f".to({like.dtype})")
+        back = _CONVERT.get(value.dtype, f".to({value.dtype})")
+        raise ValueError(
+            f"{name} has dtype {value.dtype}, but the flow's parameters have dtype {like.dtype}; "
+            f"convert the input with {name}{convert} (numpy arrays arrive as float64 from "
+            f"torch.from_numpy) or the flow with flow{back}"
+        )
+    if value.device != like.device:
+        raise ValueError(
+            f"{name} is on device {value.device}, but the flow's parameters are on "
+            f"{like.device}; move the input with {name}.to('{like.device}') or the flow with "
+            f"flow.to('{value.device}')"
+        )
+    return value
+
+
+def check_finite(name: str, value: Tensor) -> Tensor:
+    """Raise a ``ValueError`` naming ``name`` if ``value`` holds a NaN or an infinity."""
+    if not torch.isfinite(value).all():
+        bad = int((~torch.isfinite(value)).sum())
+        raise ValueError(
+            f"{name} holds {bad} non-finite entries (NaN or inf); shape {tuple(value.shape)}"
+        )
+    return value
+
+
 def check_context(context: Tensor | None, context_features: int) -> Tensor | None:
-    """Validate a context argument against the number of context features a bijection expects."""
+    """Validate a context argument against the number of context features a bijection expects:
+    presence, shape ``(..., context_features)``, a floating dtype and finite entries."""
     if context_features == 0:
         if context is not None:
+            shape = tuple(context.shape) if isinstance(context, Tensor) else type(context)
             raise ValueError(
                 "context was given, but this flow was built without context (context=0); "
-                f"got a context of shape {tuple(context.shape)}"
+                f"got a context of shape {shape}"
             )
         return None
     if context is None:
@@ -56,7 +112,8 @@ def check_context(context: Tensor | None, context_features: int) -> Tensor | Non
             "so pass a tensor of shape (..., "
             f"{context_features}) to flow(context) or to the bijection"
         )
-    return check_event("context", context, context_features)
+    check_event("context", context, context_features)
+    return check_finite("context", context)
 
 
 def broadcast_context(x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -73,58 +130,153 @@ def broadcast_context(x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor
     return x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])
 
 
-class _OneSlotCache:
-    """Remembers the last (input, output, log_det) of a map, looked up by identity."""
+# ------------------------------------------------------------------ argument checks
 
-    __slots__ = ("x", "y", "log_det")
+
+class _Depth(threading.local):
+    value = 0
+
+
+_DEPTH = _Depth()
+
+
+@contextmanager
+def nested() -> Iterator[None]:
+    """Calls of bijection methods inside this block skip the argument checks (their caller,
+    a chain or a flow distribution, has checked the arguments once)."""
+    _DEPTH.value += 1
+    try:
+        yield
+    finally:
+        _DEPTH.value -= 1
+
+
+def first_tensor(module: nn.Module) -> Tensor | None:
+    """A parameter (else a floating buffer) of ``module``: its dtype and device are the flow's."""
+    for p in module.parameters():
+        return p
+    for b in module.buffers():
+        if b.is_floating_point():
+            return b
+    return None
+
+
+def _checked(method: Callable, name: str) -> Callable:
+    """Wrap a bijection's ``forward_and_log_det`` / ``inverse_and_log_det`` with the checks."""
+
+    @functools.wraps(method)
+    def wrapper(self: Bijection, value: Tensor, context: Tensor | None = None):
+        if _DEPTH.value:
+            return method(self, value, context)
+        self.check_input(name, value)
+        context = check_context(context, self.context_features)
+        if context is not None:
+            check_dtype("context", context, first_tensor(self))
+            try:
+                torch.broadcast_shapes(value.shape[:-1], context.shape[:-1])
+            except RuntimeError:
+                raise ValueError(
+                    f"{name} of shape {tuple(value.shape)} and context of shape "
+                    f"{tuple(context.shape)} have batch shapes that do not broadcast"
+                ) from None
+        with nested():
+            return method(self, value, context)
+
+    wrapper._pf_checked = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+class _OneSlotCache:
+    """Remembers the last (input, output, log_det) of a map, looked up by identity and by the
+    tensors' version counters (so an in-place edit of either misses). Copies are empty."""
+
+    __slots__ = ("x", "y", "log_det", "versions")
 
     def __init__(self) -> None:
         self.clear()
 
     def clear(self) -> None:
-        self.x = self.y = self.log_det = None
+        self.x = self.y = self.log_det = self.versions = None
 
     def put(self, x: Tensor, y: Tensor, log_det: Tensor) -> None:
         self.x, self.y, self.log_det = x, y, log_det
+        self.versions = (x._version, y._version)
+
+    def _valid(self) -> bool:
+        return self.versions == (self.x._version, self.y._version)
 
     def log_det_of(self, x: Tensor, y: Tensor) -> Tensor | None:
-        if x is self.x and y is self.y:
+        if x is self.x and y is self.y and self._valid():
             return self.log_det
         return None
 
+    def output_of(self, x: Tensor) -> Tensor | None:
+        if x is self.x and self._valid():
+            return self.y
+        return None
+
+    def input_of(self, y: Tensor) -> Tensor | None:
+        if y is self.y and self._valid():
+            return self.x
+        return None
+
+    def __deepcopy__(self, memo: dict) -> _OneSlotCache:
+        return _OneSlotCache()
+
+    def __reduce__(self):
+        return (_OneSlotCache, ())
+
 
 class _PyroAdapter:
-    """Implements ``torch.distributions.Transform``'s methods through a bijection's two methods."""
+    """Implements ``torch.distributions.Transform``'s methods through a bijection's two methods.
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
+    The transform keeps a one-slot cache (``cache_size`` 1, torch's convention): calling it
+    on its last output's input, or its inverse on its last output, returns the remembered
+    tensor, and ``log_abs_det_jacobian`` of the last pair costs no pass.
+    """
+
     bijective = True
 
     def _bijection_and_context(self) -> tuple[Bijection, Tensor | None]:
         raise NotImplementedError
 
-    def _slot(self) -> _OneSlotCache:
+    def _slot(self) -> _OneSlotCache | None:
+        if not self._cache_size:
+            return None
         slot = self.__dict__.get("_pf_slot")
         if slot is None:
             slot = self.__dict__["_pf_slot"] = _OneSlotCache()
         return slot
 
+    def __call__(self, x: Tensor) -> Tensor:
+        slot = self._slot()
+        y = slot.output_of(x) if slot is not None else None
+        return self._call(x) if y is None else y
+
+    def _inv_call(self, y: Tensor) -> Tensor:
+        slot = self._slot()
+        x = slot.input_of(y) if slot is not None else None
+        return self._inverse(y) if x is None else x
+
     def _call(self, x: Tensor) -> Tensor:
         bijection, context = self._bijection_and_context()
-        check_event("x", x, bijection.features)
         y, log_det = bijection.forward_and_log_det(x, context)
-        self._slot().put(x, y, log_det)
+        slot = self._slot()
+        if slot is not None:
+            slot.put(x, y, log_det)
         return y
 
     def _inverse(self, y: Tensor) -> Tensor:
         bijection, context = self._bijection_and_context()
-        check_event("y", y, bijection.features)
         x, log_det = bijection.inverse_and_log_det(y, context)
-        self._slot().put(x, y, -log_det)
+        slot = self._slot()
+        if slot is not None:
+            slot.put(x, y, -log_det)
         return x
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        cached = self._slot().log_det_of(x, y)
+        slot = self._slot()
+        cached = slot.log_det_of(x, y) if slot is not None else None
         if cached is not None:
             return cached
         bijection, context = self._bijection_and_context()
@@ -138,7 +290,15 @@ class Bijection(_PyroAdapter, TransformModule, ConditionalTransform):
     Subclasses implement `forward_and_log_det` and `inverse_and_log_det`.
     Events are vectors of size ``features`` (event_dim 1) with any leading batch shape;
     ``log_det`` has the batch shape. A conditional bijection (``context > 0``) takes a
-    context vector whose batch dims broadcast against the input's.
+    context vector whose batch dims broadcast against the input's. Called from outside a
+    bijection, both methods check their input (shape, floating dtype, the dtype and device of
+    the parameters) and their context (given exactly when the bijection has one, of shape
+    ``(..., context)``, finite) and raise a ``ValueError`` that names the argument.
+
+    As a torch ``Transform`` it has ``cache_size`` 1 (`with_cache(0)` gives a view without the
+    cache), its domain and codomain are the real vectors unless a subclass says otherwise
+    (`pyroflows.pyro.Logit` maps onto the unit cube), and ``bijection.inv`` of a conditional
+    bijection has ``.condition(context)``, as Pyro's conditional transforms do.
 
     Args:
         features: Event size.
@@ -154,14 +314,26 @@ class Bijection(_PyroAdapter, TransformModule, ConditionalTransform):
         torch.Size([10])
     """
 
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+
     def __init__(self, features: int, context: int = 0) -> None:
-        super().__init__()
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"features must be a positive int, got {features!r}")
-        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
-            raise ValueError(f"context must be a non-negative int, got {context!r}")
-        self.features = features
-        self.context_features = context
+        super().__init__(cache_size=1)
+        self.features = _checks.check_int("features", features, 1)
+        self.context_features = _checks.check_int("context", context, 0)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, direction in (("forward_and_log_det", "x"), ("inverse_and_log_det", "y")):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_pf_checked", False):
+                setattr(cls, name, _checked(method, direction))
+
+    def check_input(self, name: str, value: Tensor) -> Tensor:
+        """Raise a ``ValueError`` naming ``name`` unless ``value`` is an event batch this
+        bijection takes: shape ``(..., features)``, floating, the parameters' dtype and device."""
+        check_event(name, value, self.features)
+        return check_dtype(name, value, first_tensor(self))
 
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None
@@ -190,15 +362,29 @@ class Bijection(_PyroAdapter, TransformModule, ConditionalTransform):
             return self
         return ConditionedBijection(self, context)
 
-    def with_cache(self, cache_size: int = 1) -> Bijection:
-        # Bijections always keep a one-slot cache of their own.
-        return self
+    @property
+    def inv(self) -> Transform:
+        """The inverse transform; for a conditional bijection, one with ``.condition(context)``."""
+        if self.context_features:
+            return ConditionalInverse(self)
+        return super().inv
+
+    def with_cache(self, cache_size: int = 1) -> Transform:
+        """``self`` for ``cache_size=1`` (bijections keep a one-slot cache); for 0, a view of
+        the bijection (the same parameters) that caches nothing."""
+        if cache_size == 1:
+            return self
+        if cache_size == 0:
+            return ConditionedBijection(self, None, cache_size=0)
+        raise ValueError(f"cache_size must be 0 or 1, got {cache_size!r}")
 
     def __hash__(self) -> int:
         return id(self)
 
     def __eq__(self, other: object) -> bool:
         return self is other
+
+    __repr__ = nn.Module.__repr__
 
     def extra_repr(self) -> str:
         text = f"features={self.features}"
@@ -208,23 +394,83 @@ class Bijection(_PyroAdapter, TransformModule, ConditionalTransform):
 
 
 class ConditionedBijection(_PyroAdapter, Transform):
-    """A conditional bijection with its context fixed: a plain Pyro/torch ``Transform``."""
+    """A bijection with its context fixed: a plain Pyro/torch ``Transform``.
 
-    def __init__(self, bijection: Bijection, context: Tensor) -> None:
-        super().__init__(cache_size=0)
+    Args:
+        bijection: The bijection.
+        context: Its context (``None`` for an unconditional bijection).
+        cache_size: 1 (default) to remember the last call, 0 for none.
+    """
+
+    def __init__(self, bijection: Bijection, context: Tensor | None, cache_size: int = 1) -> None:
+        if cache_size not in (0, 1):
+            raise ValueError(f"cache_size must be 0 or 1, got {cache_size!r}")
+        super().__init__(cache_size=cache_size)
         self.bijection = bijection
         self.context = check_context(context, bijection.context_features)
+        if self.context is not None:
+            check_dtype("context", self.context, first_tensor(bijection))
+
+    @property
+    def domain(self) -> constraints.Constraint:
+        return self.bijection.domain
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return self.bijection.codomain
 
     def _bijection_and_context(self) -> tuple[Bijection, Tensor | None]:
         return self.bijection, self.context
 
     def with_cache(self, cache_size: int = 1) -> ConditionedBijection:
-        return self
+        if cache_size == self._cache_size:
+            return self
+        return ConditionedBijection(self.bijection, self.context, cache_size)
 
     def __repr__(self) -> str:
+        context = None if self.context is None else tuple(self.context.shape)
         return (
-            f"ConditionedBijection({self.bijection!r}, context shape {tuple(self.context.shape)})"
+            f"ConditionedBijection({self.bijection!r}, context shape {context}, "
+            f"cache_size={self._cache_size})"
         )
+
+
+class ConditionalInverse(Transform, ConditionalTransform):
+    """The inverse of a conditional bijection: ``.condition(context)`` gives the inverse
+    transform with that context (``bijection.condition(context).inv``)."""
+
+    bijective = True
+
+    def __init__(self, bijection: Bijection) -> None:
+        super().__init__()
+        self.bijection = bijection
+
+    @property
+    def domain(self) -> constraints.Constraint:
+        return self.bijection.codomain
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return self.bijection.domain
+
+    @property
+    def inv(self) -> Bijection:
+        return self.bijection
+
+    def condition(self, context: Tensor) -> Transform:
+        return self.bijection.condition(context).inv
+
+    def _call(self, y: Tensor) -> Tensor:
+        self.bijection._bijection_and_context()  # raises: a context is needed
+        raise AssertionError("unreachable")
+
+    _inverse = _call
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        return self._call(x)
+
+    def __repr__(self) -> str:
+        return f"ConditionalInverse({self.bijection!r})"
 
 
 class Chain(Bijection):
@@ -245,6 +491,14 @@ class Chain(Bijection):
         features, context = chain_sizes(transforms, "transforms")
         super().__init__(features, context)
         self.transforms = nn.ModuleList(transforms)
+
+    @property
+    def domain(self) -> constraints.Constraint:
+        return self.transforms[0].domain
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return self.transforms[-1].codomain
 
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None
@@ -284,22 +538,24 @@ def _member_context(t: Bijection, context: Tensor | None) -> Tensor | None:
 def chain_forward(
     transforms: Iterable[Bijection], x: Tensor, context: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Run ``transforms`` forward in order, summing their log-dets."""
+    """Run ``transforms`` forward in order, summing their log-dets (arguments unchecked)."""
     total = None
-    for t in transforms:
-        x, log_det = t.forward_and_log_det(x, _member_context(t, context))
-        total = log_det if total is None else total + log_det
+    with nested():
+        for t in transforms:
+            x, log_det = t.forward_and_log_det(x, _member_context(t, context))
+            total = log_det if total is None else total + log_det
     return x, total
 
 
 def chain_inverse(
     transforms: nn.ModuleList, y: Tensor, context: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Run ``transforms`` inverse in reverse order, summing their log-dets."""
+    """Run ``transforms`` inverse in reverse order, summing their log-dets (unchecked)."""
     total = None
-    for t in reversed(transforms):
-        y, log_det = t.inverse_and_log_det(y, _member_context(t, context))
-        total = log_det if total is None else total + log_det
+    with nested():
+        for t in reversed(transforms):
+            y, log_det = t.inverse_and_log_det(y, _member_context(t, context))
+            total = log_det if total is None else total + log_det
     return y, total
 
 
@@ -322,6 +578,14 @@ class Invert(Bijection):
             )
         super().__init__(bijection.features, bijection.context_features)
         self.bijection = bijection
+
+    @property
+    def domain(self) -> constraints.Constraint:
+        return self.bijection.codomain
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return self.bijection.domain
 
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None

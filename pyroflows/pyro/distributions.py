@@ -17,7 +17,7 @@ import torch
 from pyro.distributions import TransformedDistribution
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Size, Tensor, nn
-from torch.distributions import Distribution, Transform, constraints
+from torch.distributions import Distribution, Transform, biject_to, constraints
 
 from pyroflows.pyro.core import (
     Bijection,
@@ -25,7 +25,9 @@ from pyroflows.pyro.core import (
     chain_inverse,
     chain_sizes,
     check_context,
+    check_dtype,
     check_event,
+    first_tensor,
 )
 
 __all__ = ["Flow", "FlowDistribution", "StandardNormal"]
@@ -57,7 +59,7 @@ class StandardNormal(TorchDistribution):
         super().__init__(Size(batch_shape), like.shape[-1:], validate_args=False)
 
     def expand(self, batch_shape, _instance=None) -> StandardNormal:
-        return StandardNormal(self._like, batch_shape)
+        return StandardNormal(self._like, check_expand(self.batch_shape, batch_shape))
 
     @property
     def mean(self) -> Tensor:
@@ -82,6 +84,22 @@ class StandardNormal(TorchDistribution):
         features = self.event_shape[0]
         value = 0.5 * features * (1 + math.log(2 * math.pi))
         return self._like.new_full(self.batch_shape, value)
+
+
+def check_expand(batch_shape: Size, new_shape) -> Size:
+    """``new_shape`` as a ``Size``; raise ``ValueError`` unless ``batch_shape`` expands to it
+    (torch's rule: dims of size 1 grow, others must match, new dims go on the left)."""
+    new_shape = Size(new_shape)
+    ok = len(new_shape) >= len(batch_shape) and all(
+        old in (1, new)
+        for old, new in zip(reversed(batch_shape), reversed(new_shape), strict=False)
+    )
+    if not ok:
+        raise ValueError(
+            f"cannot expand a distribution of batch shape {tuple(batch_shape)} to batch shape "
+            f"{tuple(new_shape)}: each dim must be 1 or equal to the new one"
+        )
+    return new_shape
 
 
 # Attributes of torch transforms that are caches or back-references, not state.
@@ -212,10 +230,19 @@ class FlowDistribution(TransformedDistribution):
     """The distribution of a flow, a Pyro ``TransformedDistribution``.
 
     ``log_prob`` runs the chain's inverse once (``inverse_and_log_det``) and never the
-    inverse and the log-det separately. ``rsample`` keeps its last
+    inverse and the log-det separately. ``rsample`` and ``sample`` keep their last
     ``(sample, base sample, log_det)`` in a one-slot cache: ``log_prob`` of that very
-    tensor costs no pass at all. The batch shape is that of the base distribution
-    broadcast with the context's batch shape.
+    tensor costs no pass at all. The cache is checked by identity and by the tensor's version
+    counter, so a sample edited in place is scored afresh; and a sample drawn without
+    gradients (``sample()``, or anything under ``torch.no_grad()``) is scored from the cache
+    only while gradients are off: with gradients on its score goes through the inverse, so
+    that the score has its gradient with respect to the flow's parameters (what Pyro's
+    score-function ELBO needs for a base without ``rsample``, such as a mixture).
+
+    The batch shape is that of the base distribution broadcast with the context's batch
+    shape. The support is the last bijection's codomain (all reals, or the unit cube after
+    `pyroflows.pyro.Logit`); ``log_prob`` of a value outside it raises a ``ValueError`` when
+    argument validation is on (torch's and Pyro's default) and is ``-inf`` otherwise.
 
     Args:
         base: Base distribution (event shape ``(features,)``).
@@ -242,8 +269,10 @@ class FlowDistribution(TransformedDistribution):
     ) -> None:
         self.bijections = list(transforms)
         self.features, self.context_features = chain_sizes(self.bijections, "transforms")
+        self._like = next((t for t in map(first_tensor, self.bijections) if t is not None), None)
         self.context = check_context(context, self.context_features)
         if context is not None:
+            check_dtype("context", context, self._like)
             try:
                 batch = torch.broadcast_shapes(base.batch_shape, context.shape[:-1])
             except RuntimeError:
@@ -257,39 +286,54 @@ class FlowDistribution(TransformedDistribution):
             t.condition(context) if t.context_features else t for t in self.bijections
         ]
         super().__init__(base, pyro_transforms, validate_args=validate_args)
-        self._last: tuple[Tensor, Tensor, Tensor] | None = None
+        # (sample, base sample, log_det, sample's version, drawn with gradients)
+        self._last: tuple[Tensor, Tensor, Tensor, int, bool] | None = None
 
     def expand(self, batch_shape, _instance=None) -> FlowDistribution:
-        batch_shape = Size(batch_shape)
-        return FlowDistribution(self.base_dist.expand(batch_shape), self.bijections, self.context)
+        batch_shape = check_expand(self.batch_shape, batch_shape)
+        context = self.context
+        if context is not None:
+            context = context.expand(*batch_shape, context.shape[-1])
+        return type(self)(self.base_dist.expand(batch_shape), self.bijections, context)
+
+    def _forward(self, z: Tensor) -> Tensor:
+        check_dtype("the base distribution's sample", z, self._like)
+        x, log_det = chain_forward(self.bijections, z, self.context)
+        self._last = (x, z, log_det, x._version, torch.is_grad_enabled())
+        return x
 
     def rsample(self, sample_shape: Size | tuple = ()) -> Tensor:
-        z = self.base_dist.rsample(Size(sample_shape))
-        x, log_det = chain_forward(self.bijections, z, self.context)
-        self._last = (x, z, log_det)
-        return x
+        return self._forward(self.base_dist.rsample(Size(sample_shape)))
 
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
         with torch.no_grad():
             if self.base_dist.has_rsample:
                 return self.rsample(sample_shape)
             # a base without rsample (a mixture, say) is sampled without gradients
-            z = self.base_dist.sample(Size(sample_shape))
-            x, log_det = chain_forward(self.bijections, z, self.context)
-            self._last = (x, z, log_det)
-            return x
+            return self._forward(self.base_dist.sample(Size(sample_shape)))
 
     def sample_and_log_prob(self, sample_shape: Size | tuple = ()) -> tuple[Tensor, Tensor]:
         """Draw reparameterised samples and their log-density in one forward pass."""
         x = self.rsample(sample_shape)
         return x, self.log_prob(x)
 
-    def log_prob(self, value: Tensor) -> Tensor:
+    def _cached(self, value: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(base sample, log_det)`` of ``value`` if it is the last sample, unedited, and its
+        cached score has the gradients that the current grad mode asks for."""
         last = self._last
-        if last is not None and value is last[0]:
-            _, z, log_det = last
+        if last is None or value is not last[0] or value._version != last[3]:
+            return None
+        if torch.is_grad_enabled() and not last[4]:
+            return None
+        return last[1], last[2]
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        cached = self._cached(value)
+        if cached is not None:
+            z, log_det = cached
             return self.base_dist.log_prob(z) - log_det
         check_event("value", value, self.features)
+        check_dtype("value", value, self._like)
         if not torch.isfinite(value).all():
             raise ValueError(
                 f"value holds non-finite entries (NaN or inf); shape {tuple(value.shape)}"
@@ -302,5 +346,22 @@ class FlowDistribution(TransformedDistribution):
                     f"value of shape {tuple(value.shape)} and context of shape "
                     f"{tuple(self.context.shape)} have batch shapes that do not broadcast"
                 ) from None
+        support = self.support
+        inside = None
+        if support is not constraints.real_vector:
+            inside = support.check(value)
+            if not inside.all():
+                if self._validate_args:
+                    raise ValueError(
+                        f"value holds {int((~inside).sum())} events outside the flow's support "
+                        f"{support} (its last bijection's codomain); shape {tuple(value.shape)}"
+                    )
+                # score a point of the support in their place, then give them -inf
+                safe = biject_to(support)(torch.zeros_like(value))
+                value = torch.where(inside.unsqueeze(-1), value, safe)
         z, log_det = chain_inverse(self.bijections, value, self.context)
-        return self.base_dist.log_prob(z) + log_det
+        log_p = self.base_dist.log_prob(z) + log_det
+        if inside is not None:
+            # the support's closed ends map to infinity in the base: density 0 there
+            log_p = log_p.masked_fill(~inside | ~torch.isfinite(z).all(-1), -math.inf)
+        return log_p

@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributions import constraints
 
 from pyroflows.pyro.core import Bijection
 
@@ -36,6 +37,14 @@ class Logit(Bijection):
         >>> import pyroflows.pyro as pf
         >>> x, log_det = pf.Logit(2, alpha=0.05).inverse_and_log_det(torch.rand(5, 2))
     """
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        """The interval that the logit's inverse accepts: ``[0, 1]`` widened by the squeeze,
+        ``[-alpha / (1 - 2 alpha), (1 - alpha) / (1 - 2 alpha)]`` (its ends have density 0)."""
+        scale = 1 - 2 * self.alpha
+        interval = constraints.interval(-self.alpha / scale, (1 - self.alpha) / scale)
+        return constraints.independent(interval, 1)
 
     def __init__(self, features: int, alpha: float = 1e-6) -> None:
         super().__init__(features)

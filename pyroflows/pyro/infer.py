@@ -325,10 +325,19 @@ class AutoFlow(AutoContinuous):
             return self.flow().sample((self.num_samples,))
 
     def _constrain(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {
-            site["name"]: biject_to(site["fn"].support)(unconstrained)
-            for site, unconstrained in self._unpack_latent(latent)
-        }
+        """Each site's constrained values from a batch of packed latents ``(..., latent_dim)``.
+
+        Pyro's ``_unpack_latent`` broadcasts the batch against each site's shape, which fails
+        for sites inside a plate; each site's slice is reshaped to ``batch + site shape``.
+        """
+        batch, pos, values = latent.shape[:-1], 0, {}
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            shape = self._unconstrained_shapes[name]
+            size = math.prod(shape)
+            unconstrained = latent[..., pos : pos + size].reshape(batch + shape)
+            values[name] = biject_to(site["fn"].support)(unconstrained)
+            pos += size
+        return values
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
@@ -369,16 +378,12 @@ class PathGradientFlowDistribution(FlowDistribution):
     or a call without gradients, gets the plain ``log_prob``.
     """
 
-    def expand(self, batch_shape, _instance=None) -> PathGradientFlowDistribution:
-        batch_shape = torch.Size(batch_shape)
-        return PathGradientFlowDistribution(self.base_dist.expand(batch_shape), self.bijections)
-
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        last = self._last
-        if last is None or value is not last[0] or not torch.is_grad_enabled():
+        cached = self._cached(value)
+        if cached is None or not torch.is_grad_enabled():
             return super().log_prob(value)
         full = super().log_prob(value)  # the cached draw: no pass through the flow
-        z = last[1]
+        z = cached[0]
         score = _score_of_draws(self.bijections, self.base_dist, z)
         path = (score * value).sum(-1)
         return full.detach() + path - path.detach()

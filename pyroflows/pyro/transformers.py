@@ -120,9 +120,11 @@ class SplineTransformer(Transformer):
 
     Numerics: the inside branch is evaluated on inputs clamped into the interval, so inputs
     far outside it give no NaN (and no NaN gradients); the inverse's discriminant is
-    clamped at zero. The position inside a bin is not clamped to ``[0, 1]``: at a knot it
-    may be off by rounding, which is harmless, and clamping it would zero the input
-    gradient there.
+    clamped at zero, and its root is taken in the form that does not cancel (the sign of the
+    linear coefficient decides which), so it keeps float32 precision when a knot derivative
+    is much larger than the bin's slope. The position inside a bin is not clamped to
+    ``[0, 1]``: at a knot it may be off by rounding, which is harmless, and clamping it would
+    zero the input gradient there.
 
     Args:
         bins: Number of bins.
@@ -194,10 +196,31 @@ class SplineTransformer(Transformer):
         qa = h * (s - d0) + dy * c
         qb = h * d0 - dy * c
         qc = -s * dy
-        disc = (qb * qb - 4 * qa * qc).clamp_min(0)
-        t = (2 * qc) / (-qb - torch.sqrt(disc))
-        t1 = t * (1 - t)
+        root = torch.sqrt((qb * qb - 4 * qa * qc).clamp_min(0))
+        # The root t in [0, 1], written so that nothing cancels: for qb >= 0 as
+        # 2 qc / (-qb - root) (both terms negative), else as (root - qb) / (2 qa) (both
+        # positive; qa > 0 there). Near the bin's right end u = 1 - t is taken from the same
+        # quadratic written in u (same discriminant), so t (1 - t) keeps its precision where
+        # the log-det is most sensitive to it. Branches not taken get harmless denominators.
+        positive = qb >= 0
+        t = torch.where(
+            positive,
+            (2 * qc) / torch.where(positive, -qb - root, -1.0),
+            (root - qb) / torch.where(positive, 1.0, 2 * qa),
+        )
+        mb = h * (2 * s - d0) + dy * c  # minus the linear coefficient in u
+        cu = s * (h - dy)  # the constant in u, >= 0
+        positive = mb >= 0
+        u = torch.where(
+            positive,
+            (2 * cu) / torch.where(positive, mb + root, 1.0),
+            (mb - root) / torch.where(positive, 1.0, 2 * qa),
+        )
+        right = t > 0.5
+        t, u = torch.where(right, 1 - u, t), torch.where(right, u, 1 - t)
+        t1 = t * u
         denom = s + c * t1
-        dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) ** 2)
+        dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * u * u)
         log_det = 2 * torch.log(denom) - torch.log(dnum)
-        return torch.where(inside, x0 + t * w, y), torch.where(inside, log_det, 0.0)
+        x = torch.where(right, (x0 + w) - u * w, x0 + t * w)
+        return torch.where(inside, x, y), torch.where(inside, log_det, 0.0)
