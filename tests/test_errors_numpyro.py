@@ -115,7 +115,7 @@ def test_context_batch_that_does_not_broadcast_against_the_base():
 
 def test_bijection_input_and_context_that_do_not_broadcast():
     maf = pfj.MaskedAutoregressive(3, context=2, hidden=(8,), key=KEY)
-    message = r"input of shape \(5, 3\) and context of shape \(4, 2\).*do not broadcast"
+    message = r"x of shape \(5, 3\) and context of shape \(4, 2\).*do not broadcast"
     with pytest.raises(ValueError, match=message):
         maf.forward_and_log_det(normal(5, 3), normal(4, 2))
 
@@ -318,9 +318,9 @@ def test_spline_transformer_bad_bins(bins):
 
 @pytest.mark.parametrize("bound", [0.0, -1.0])
 def test_bad_bound(bound):
-    with pytest.raises(ValueError, match=rf"bound must be > 0, got {bound}"):
+    with pytest.raises(ValueError, match=rf"bound must be a finite number > 0, got {bound}"):
         pfj.SplineTransformer(bound=bound)
-    with pytest.raises(ValueError, match=rf"bound must be > 0, got {bound}"):
+    with pytest.raises(ValueError, match=rf"bound must be a finite number > 0, got {bound}"):
         pfj.MAF(3, transforms=1, bound=bound, key=KEY)
 
 
@@ -352,7 +352,7 @@ def test_bad_features_or_context(features, context):
 
 
 def test_logit_bad_alpha():
-    with pytest.raises(ValueError, match=r"alpha must be in \[0, 0.5\), got 0.5"):
+    with pytest.raises(ValueError, match=r"alpha must be a number in \[0.0, 0.5\), got 0.5"):
         pfj.Logit(3, alpha=0.5)
 
 

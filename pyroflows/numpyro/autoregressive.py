@@ -61,8 +61,8 @@ class MaskedAutoregressive(Bijection):
         *,
         key: Array | None = None,
     ) -> None:
-        self.features = _check_size("features", features, 1)
-        self.context_features = _check_size("context", context, 0)
+        self.features = features = _check_size("features", features, 1)
+        self.context_features = context = _check_size("context", context, 0)
         key = _check_key(key, "MaskedAutoregressive")
         self.transformer = transformer if transformer is not None else AffineTransformer()
         self.invert = bool(invert)

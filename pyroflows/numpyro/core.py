@@ -11,6 +11,11 @@ wraps it as a NumPyro ``Transform`` for ``numpyro.distributions.TransformedDistr
 its ``call_with_intermediates`` hands the log-det to NumPyro, so scoring a sample drawn with
 ``sample_with_intermediates`` (as NumPyro's ELBOs do for guides) never runs the inverse.
 
+Called from outside a bijection, the two methods check their arguments (shape, floating
+dtype, context); calls between bijections skip the checks, which the outermost call made.
+Inside ``jit`` only the static checks (shapes, dtypes, presence of a context) run: a NaN in
+a traced context cannot raise.
+
 Runs of bijections with identical structure (same classes, static settings and array
 shapes, as recipes build them) are stored stacked, once, in a `Stack` and run with
 ``jax.lax.scan``, so tracing and compile time do not grow with the number of layers.
@@ -18,15 +23,21 @@ shapes, as recipes build them) are stored stacked, once, in a `Stack` and run wi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import Transform
+
+from pyroflows import _checks
 
 __all__ = [
     "Bijection",
@@ -52,8 +63,27 @@ def check_event(name: str, value: Any, features: int) -> Array:
     return value
 
 
+def is_concrete(value: Any) -> bool:
+    """Whether ``value`` holds numbers now (not a tracer inside ``jit``, ``vmap`` or ``grad``)."""
+    return not isinstance(value, jax.core.Tracer)
+
+
+def check_finite(name: str, value: Array) -> Array:
+    """Raise a ``ValueError`` naming ``name`` if a concrete ``value`` holds a NaN or an inf."""
+    if is_concrete(value):
+        finite = np.isfinite(np.asarray(value))
+        if not finite.all():
+            raise ValueError(
+                f"{name} holds {int((~finite).sum())} non-finite entries (NaN or inf); "
+                f"shape {tuple(value.shape)}"
+            )
+    return value
+
+
 def check_context(context: Any, context_features: int) -> Array | None:
-    """Validate a context argument against the number of context features expected."""
+    """Validate a context argument against the number of context features expected:
+    presence, shape ``(..., context_features)``, a floating dtype and (when concrete) finite
+    entries."""
     if context_features == 0:
         if context is not None:
             raise ValueError(
@@ -67,7 +97,7 @@ def check_context(context: Any, context_features: int) -> Array | None:
             f"so pass an array of shape (..., {context_features}) to flow(context) or to "
             "the bijection"
         )
-    return check_event("context", context, context_features)
+    return check_finite("context", check_event("context", context, context_features))
 
 
 def broadcast_context(x: Array, context: Array | None) -> tuple[Array, Array | None]:
@@ -86,10 +116,52 @@ def broadcast_context(x: Array, context: Array | None) -> tuple[Array, Array | N
 
 
 def _check_size(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{name} must be a {kind} int, got {value!r}")
-    return value
+    return _checks.check_int(name, value, minimum)
+
+
+# ------------------------------------------------------------------ argument checks
+
+
+class _Depth(threading.local):
+    value = 0
+
+
+_DEPTH = _Depth()
+
+
+@contextmanager
+def nested() -> Iterator[None]:
+    """Calls of bijection methods inside this block skip the argument checks (their caller,
+    a chain or a flow distribution, has checked the arguments once)."""
+    _DEPTH.value += 1
+    try:
+        yield
+    finally:
+        _DEPTH.value -= 1
+
+
+def _checked(method: Callable, name: str) -> Callable:
+    """Wrap a bijection's ``forward_and_log_det`` / ``inverse_and_log_det`` with the checks."""
+
+    @functools.wraps(method)
+    def wrapper(self: Bijection, value: Any, context: Any = None):
+        if _DEPTH.value:
+            return method(self, value, context)
+        value = self.check_input(name, value)
+        context = check_context(context, self.context_features)
+        if context is not None:
+            try:
+                jnp.broadcast_shapes(value.shape[:-1], context.shape[:-1])
+            except ValueError:
+                raise ValueError(
+                    f"{name} of shape {tuple(value.shape)} and context of shape "
+                    f"{tuple(context.shape)} have batch shapes that do not broadcast"
+                ) from None
+        with nested():
+            return method(self, value, context)
+
+    wrapper._pf_checked = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 class Bijection(eqx.Module):
@@ -118,6 +190,23 @@ class Bijection(eqx.Module):
     features: int = eqx.field(static=True)
     context_features: int = eqx.field(static=True)
 
+    #: The sets the forward map goes from and to (NumPyro constraints): the real vectors,
+    #: unless a subclass says otherwise (`pyroflows.numpyro.Logit` maps onto an interval).
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, direction in (("forward_and_log_det", "x"), ("inverse_and_log_det", "y")):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_pf_checked", False):
+                setattr(cls, name, _checked(method, direction))
+
+    def check_input(self, name: str, value: Any) -> Array:
+        """``value`` as an array; raise a ``ValueError`` naming ``name`` unless it has shape
+        ``(..., features)`` and a floating dtype."""
+        return check_event(name, value, self.features)
+
     def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         """Map base -> data; return ``(y, log|det dy/dx|)``."""
         raise NotImplementedError
@@ -142,12 +231,17 @@ class BijectionTransform(Transform):
         context: Its context (``None`` for an unconditional bijection).
     """
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-
     def __init__(self, bijection: Bijection, context: Array | None = None) -> None:
         self.bijection = bijection
         self.context = context
+
+    @property
+    def domain(self) -> constraints.Constraint:
+        return self.bijection.domain
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return self.bijection.codomain
 
     def __call__(self, x: Array) -> Array:
         return self.bijection.forward_and_log_det(x, self.context)[0]
@@ -170,11 +264,39 @@ class BijectionTransform(Transform):
     def tree_unflatten(cls, aux_data, params):
         return cls(*params)
 
+    def eq(self, other: object, static: bool = False) -> Any:
+        """Equal when the bijections have the same structure and equal arrays and the
+        contexts are equal (NumPyro's rule: a Python bool with ``static``, else possibly a
+        traced array). Arrays are compared by value when they are concrete, so two
+        ``.transform()``s of one bijection are equal, also after ``jit`` or ``vmap``."""
+        if self is other:
+            return True
+        if not isinstance(other, BijectionTransform):
+            return False
+        mine, treedef = jax.tree_util.tree_flatten((self.bijection, self.context))
+        theirs, other_treedef = jax.tree_util.tree_flatten((other.bijection, other.context))
+        if treedef != other_treedef:
+            return False
+        result: Any = True
+        for a, b in zip(mine, theirs, strict=True):
+            if a is b:
+                continue
+            if jnp.shape(a) != jnp.shape(b):
+                return False
+            if is_concrete(a) and is_concrete(b):
+                if not np.array_equal(np.asarray(a), np.asarray(b)):
+                    return False
+            elif static:
+                return False
+            else:
+                result = result & jnp.array_equal(a, b)
+        return result
+
     def __eq__(self, other: object) -> bool:
-        return self is other
+        return bool(self.eq(other, static=True))
 
     def __hash__(self) -> int:
-        return id(self)
+        return hash((type(self.bijection), self.bijection.features))
 
 
 def chain_sizes(transforms: Sequence[Any], name: str) -> tuple[int, int]:
@@ -277,6 +399,14 @@ class Stack(Bijection):
             for j in range(period)
         )
 
+    @property
+    def domain(self) -> constraints.Constraint:
+        return self.layers[0].domain
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return self.layers[-1].codomain
+
     def layers_list(self) -> list[Bijection]:
         """The stacked layers one by one, in chain order."""
         return [
@@ -332,22 +462,24 @@ def unstack(transforms: Sequence[Bijection]) -> tuple[Bijection, ...]:
 def chain_forward(
     transforms: Sequence[Bijection], x: Array, context: Array | None
 ) -> tuple[Array, Array]:
-    """Run ``transforms`` forward in order, summing their log-dets."""
+    """Run ``transforms`` forward in order, summing their log-dets (arguments unchecked)."""
     total = jnp.zeros(())
-    for t in transforms:
-        x, log_det = t.forward_and_log_det(x, _member_context(t, context))
-        total = total + log_det
+    with nested():
+        for t in transforms:
+            x, log_det = t.forward_and_log_det(x, _member_context(t, context))
+            total = total + log_det
     return x, total
 
 
 def chain_inverse(
     transforms: Sequence[Bijection], y: Array, context: Array | None
 ) -> tuple[Array, Array]:
-    """Run ``transforms`` inverse in reverse order, summing their log-dets."""
+    """Run ``transforms`` inverse in reverse order, summing their log-dets (unchecked)."""
     total = jnp.zeros(())
-    for t in reversed(transforms):
-        y, log_det = t.inverse_and_log_det(y, _member_context(t, context))
-        total = total + log_det
+    with nested():
+        for t in reversed(transforms):
+            y, log_det = t.inverse_and_log_det(y, _member_context(t, context))
+            total = total + log_det
     return y, total
 
 
@@ -383,6 +515,14 @@ class Chain(Bijection):
         """The layers one by one (stacks expanded)."""
         return unstack(self.transforms)
 
+    @property
+    def domain(self) -> constraints.Constraint:
+        return self.transforms[0].domain
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return self.transforms[-1].codomain
+
     def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         return chain_forward(self.transforms, x, context)
 
@@ -410,6 +550,14 @@ class Invert(Bijection):
         self.features = bijection.features
         self.context_features = bijection.context_features
         self.bijection = bijection
+
+    @property
+    def domain(self) -> constraints.Constraint:
+        return self.bijection.codomain
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return self.bijection.domain
 
     def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         return self.bijection.inverse_and_log_det(x, context)

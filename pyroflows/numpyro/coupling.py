@@ -59,8 +59,8 @@ class Coupling(Bijection):
         *,
         key: Array | None = None,
     ) -> None:
-        self.features = _check_size("features", features, 1)
-        self.context_features = _check_size("context", context, 0)
+        self.features = features = _check_size("features", features, 1)
+        self.context_features = context = _check_size("context", context, 0)
         key = _check_key(key, "Coupling")
         mask = structure.half_mask(features) if mask is None else np.asarray(mask, dtype=bool)
         if mask.shape != (features,):
@@ -88,7 +88,8 @@ class Coupling(Bijection):
         x_identity, context = broadcast_context(x_identity, context)
         inputs = x_identity if context is None else jnp.concatenate([x_identity, context], -1)
         out = self.conditioner(inputs)
-        params = out.reshape(*out.shape[:-1], -1, self.transformer.params_per_feature)
+        transformed = self.transformed_index.shape[0]  # explicit: -1 fails on empty batches
+        params = out.reshape(*out.shape[:-1], transformed, self.transformer.params_per_feature)
         x_transformed = jnp.broadcast_to(x_transformed, params.shape[:-1])
         step = self.transformer.inverse if inverse else self.transformer.forward
         y_transformed, log_det = step(x_transformed, params)

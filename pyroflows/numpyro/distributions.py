@@ -10,15 +10,19 @@ the log-det, so NumPyro's ELBO scores a guide's own samples without the inverse.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from jax import Array
-from numpyro.distributions import Distribution, TransformedDistribution
+from numpyro.distributions import Distribution, TransformedDistribution, constraints
+from numpyro.distributions.batch_util import promote_batch_shape
+from numpyro.distributions.transforms import biject_to
 
 from pyroflows.numpyro.core import (
     Bijection,
@@ -26,11 +30,27 @@ from pyroflows.numpyro.core import (
     chain_sizes,
     check_context,
     check_event,
+    is_concrete,
     stack_runs,
     unstack,
 )
 
-__all__ = ["Flow", "FlowDistribution"]
+__all__ = ["Flow", "FlowDistribution", "ScannedFlowDistribution", "check_key"]
+
+
+def check_key(key: Any, method: str) -> Array:
+    """Raise a ``TypeError`` unless ``key`` is a JAX random key (new or legacy style)."""
+    ok = isinstance(key, jax.Array) and (
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.dtype == jnp.uint32 and key.shape[-1:] == (2,))
+    )
+    if not ok:
+        raise TypeError(
+            f"{method} needs a JAX random key as its first argument, as NumPyro's "
+            f"distributions do: d.{method}(jax.random.key(0), sample_shape); got "
+            f"{type(key).__name__} {key!r}"
+        )
+    return key
 
 
 def _float_dtype(tree: Any):
@@ -130,7 +150,7 @@ class FlowDistribution(TransformedDistribution):
 
     arg_constraints: dict = {}
     pytree_data_fields = ("chain", "context")
-    pytree_aux_fields = ("features", "context_features")
+    pytree_aux_fields = ("features", "context_features", "_leaf_ndims")
 
     def __init__(
         self,
@@ -154,6 +174,8 @@ class FlowDistribution(TransformedDistribution):
             if batch != tuple(base.batch_shape):
                 base = base.expand(batch)
         super().__init__(base, self.chain.transform(self.context), validate_args=validate_args)
+        # the ranks of the arrays, to see the axes that numpyro's scan stacks on in front
+        self._leaf_ndims = tuple(jnp.ndim(leaf) for leaf in jax.tree_util.tree_leaves(self))
 
     @property
     def bijections(self) -> tuple[Bijection, ...]:
@@ -169,7 +191,7 @@ class FlowDistribution(TransformedDistribution):
     def sample_with_intermediates(
         self, key: Array, sample_shape: tuple[int, ...] = ()
     ) -> tuple[Array, list]:
-        z = self.base_dist.sample(key, sample_shape)
+        z = self.base_dist.sample(check_key(key, "sample"), sample_shape)
         x, log_det = self.chain.forward_and_log_det(z, self.context)
         return x, [[z, log_det]]
 
@@ -181,13 +203,17 @@ class FlowDistribution(TransformedDistribution):
         return x, self.log_prob(x, intermediates)
 
     def log_prob(self, value: Array, intermediates: list | None = None) -> Array:
+        """Log-density of ``value`` (one pass through the chain's inverse), or of a sample
+        from its ``intermediates``. Outside the support (the last bijection's codomain: all
+        reals, or an interval after `pyroflows.numpyro.Logit`) it is ``-inf`` (and NumPyro
+        warns when validation is on); an empty batch gives an empty result."""
         if intermediates is not None:
             z, log_det = intermediates[0]
             return self.base_dist.log_prob(z) - log_det
         value = check_event("value", value, self.features)
         # inside jit even a constant value gives a traced check: only a concrete one can raise
         finite = jnp.isfinite(value).all()
-        if not isinstance(finite, jax.core.Tracer) and not bool(finite):
+        if is_concrete(finite) and not bool(finite):
             raise ValueError(
                 f"value holds non-finite entries (NaN or inf); shape {tuple(value.shape)}"
             )
@@ -199,5 +225,99 @@ class FlowDistribution(TransformedDistribution):
                     f"value of shape {tuple(value.shape)} and context of shape "
                     f"{tuple(self.context.shape)} have batch shapes that do not broadcast"
                 ) from None
+        try:
+            batch = jnp.broadcast_shapes(value.shape[:-1], self.batch_shape)
+        except ValueError:
+            raise ValueError(
+                f"value of shape {tuple(value.shape)} has a batch shape that does not broadcast "
+                f"against the distribution's batch shape {tuple(self.batch_shape)}"
+            ) from None
+        if math.prod(batch) == 0:  # NumPyro's own distributions fail on empty batches
+            return jnp.zeros(batch, jnp.result_type(value.dtype, _float_dtype(self.chain)))
+        support, inside = self.support, None
+        if support is not constraints.real_vector:
+            if self._validate_args:
+                self._validate_sample(value)
+            inside = support(value)
+            # score a point of the support in their place, then give them -inf
+            safe = biject_to(support)(jnp.zeros_like(value))
+            value = jnp.where(inside[..., None], value, safe)
         z, log_det = self.chain.inverse_and_log_det(value, self.context)
-        return self.base_dist.log_prob(z) + log_det
+        log_p = self.base_dist.log_prob(z) + log_det
+        if inside is not None:
+            # the support's closed ends map to infinity in the base: density 0 there
+            log_p = jnp.where(inside & jnp.isfinite(z).all(-1), log_p, -jnp.inf)
+        return log_p
+
+
+class ScannedFlowDistribution(Distribution):
+    """A `FlowDistribution` whose arrays carry leading batch axes (those that
+    ``numpyro.contrib.control_flow.scan`` stacks on each step's distribution): one flow per
+    index of ``prefix``, scored and sampled by ``jax.vmap``. Its batch shape is
+    ``prefix + flow.batch_shape``. NumPyro builds it through ``promote_batch_shape``; users do
+    not need to.
+
+    Args:
+        flow: The stacked flow distribution (every array with ``prefix`` in front).
+        prefix: The stacked axes.
+    """
+
+    arg_constraints: dict = {}
+    pytree_data_fields = ("flow",)
+    pytree_aux_fields = ("prefix",)
+
+    def __init__(self, flow: FlowDistribution, prefix: tuple[int, ...]) -> None:
+        self.flow = flow
+        self.prefix = tuple(prefix)
+        super().__init__(self.prefix + tuple(flow.batch_shape), flow.event_shape)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return self.flow.support
+
+    def _map(self, fn, axis: int):
+        for _ in self.prefix:
+            fn = jax.vmap(fn, in_axes=(0, axis), out_axes=axis)
+        return fn
+
+    def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
+        keys = jax.random.split(check_key(key, "sample"), math.prod(self.prefix))
+        keys = keys.reshape(self.prefix + keys.shape[1:])
+        fn = self._map(lambda d, k: d.sample(k, sample_shape), 0)
+        return jnp.moveaxis(
+            fn(self.flow, keys).reshape(self.prefix + tuple(sample_shape) + self._inner()),
+            tuple(range(len(self.prefix))),
+            tuple(range(len(sample_shape), len(sample_shape) + len(self.prefix))),
+        )
+
+    def _inner(self) -> tuple[int, ...]:
+        return tuple(self.flow.batch_shape) + tuple(self.flow.event_shape)
+
+    def log_prob(self, value: Array, intermediates: list | None = None) -> Array:
+        inner = len(self.flow.batch_shape)
+        batch = jnp.broadcast_shapes(jnp.shape(value)[:-1], self.batch_shape)
+        value = jnp.broadcast_to(value, batch + tuple(self.event_shape))
+        axis = len(batch) - len(self.prefix) - inner  # where the stacked axes sit in value
+        if intermediates is not None and axis == 0:
+            fn = lambda d, v, i: d.log_prob(v, i)  # noqa: E731
+            for _ in self.prefix:
+                fn = jax.vmap(fn)
+            return fn(self.flow, value, intermediates)
+        return self._map(lambda d, v: d.log_prob(v), axis)(self.flow, value)
+
+
+@promote_batch_shape.register
+def _promote_flow_batch_shape(d: FlowDistribution) -> Distribution:
+    """The rule numpyro's ``scan`` needs: find the axes stacked in front of every array."""
+    leaves = jax.tree_util.tree_leaves(d)
+    extra = {jnp.ndim(leaf) - n for leaf, n in zip(leaves, d._leaf_ndims, strict=True)}
+    if extra == {0}:
+        return d
+    if len(extra) != 1 or min(extra) < 0:
+        raise ValueError(
+            "a FlowDistribution's arrays were stacked unevenly (by numpyro's scan?): "
+            f"extra leading axes {sorted(extra)}"
+        )
+    (k,) = extra
+    prefix = tuple(np.shape(leaves[0])[:k])
+    return ScannedFlowDistribution(d, prefix)

@@ -11,7 +11,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import Array
+from numpyro.distributions import constraints
 
+from pyroflows import _checks
 from pyroflows.numpyro.core import Bijection, _check_size
 
 __all__ = ["Logit", "dequantize", "bits_per_dim"]
@@ -36,11 +38,17 @@ class Logit(Bijection):
     alpha: float = eqx.field(static=True)
 
     def __init__(self, features: int, alpha: float = 1e-6) -> None:
-        self.features = _check_size("features", features, 1)
+        self.features = features = _check_size("features", features, 1)
         self.context_features = 0
-        if not 0 <= alpha < 0.5:
-            raise ValueError(f"alpha must be in [0, 0.5), got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = _checks.check_fraction("alpha", alpha, 0.0, 0.5)
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        """The interval that the logit's inverse accepts: ``[0, 1]`` widened by the squeeze,
+        ``[-alpha / (1 - 2 alpha), (1 - alpha) / (1 - 2 alpha)]`` (its ends have density 0)."""
+        scale = 1 - 2 * self.alpha
+        interval = constraints.interval(-self.alpha / scale, (1 - self.alpha) / scale)
+        return constraints.independent(interval, 1)
 
     def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         scale = 1 - 2 * self.alpha

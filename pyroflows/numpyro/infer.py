@@ -317,7 +317,7 @@ def _score_of_draws(chain, base: dist.Distribution, z: Array) -> Array:
         return jnp.linalg.solve(derivatives[:-1].T, derivatives[-1])
 
     z = jax.lax.stop_gradient(z)
-    flat = z.reshape(-1, z.shape[-1])
+    flat = z.reshape(z.size // z.shape[-1], z.shape[-1])
     return jax.vmap(one)(flat).reshape(z.shape)
 
 
@@ -354,6 +354,6 @@ class FixedAffine(Bijection):
 
     def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         loc, tril, log_det = self._parts()
-        flat = (y - loc).reshape(-1, self.features)
+        flat = (y - loc).reshape(y.size // self.features, self.features)
         x = jax.scipy.linalg.solve_triangular(tril, flat.T, lower=True).T
         return x.reshape(y.shape), jnp.broadcast_to(-log_det, y.shape[:-1])

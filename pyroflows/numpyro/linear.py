@@ -51,7 +51,7 @@ class ActNorm(Bijection):
     initialized: bool = eqx.field(static=True)
 
     def __init__(self, features: int, *, initialized: bool = False) -> None:
-        self.features = _check_size("features", features, 1)
+        self.features = features = _check_size("features", features, 1)
         self.context_features = 0
         self.loc = jnp.zeros(features)
         self.log_scale = jnp.zeros(features)
@@ -59,7 +59,8 @@ class ActNorm(Bijection):
 
     def initialize(self, data: Array) -> ActNorm:
         """A copy with ``loc`` / ``log_scale`` set from ``data`` (``(..., features)``)."""
-        flat = jnp.reshape(jnp.asarray(data), (-1, self.features))
+        data = jnp.asarray(data)
+        flat = jnp.reshape(data, (data.size // self.features, self.features))
         if flat.shape[0] < 2:
             return self
         std = jnp.std(flat, axis=0, ddof=1)
@@ -94,7 +95,7 @@ class Scale(Bijection):
     log_scale: Array
 
     def __init__(self, features: int) -> None:
-        self.features = _check_size("features", features, 1)
+        self.features = features = _check_size("features", features, 1)
         self.context_features = 0
         self.log_scale = jnp.zeros(features)
 
@@ -123,7 +124,7 @@ class LULinear(Bijection):
     bias: Array
 
     def __init__(self, features: int) -> None:
-        self.features = _check_size("features", features, 1)
+        self.features = features = _check_size("features", features, 1)
         self.context_features = 0
         self.lower = jnp.zeros((features, features))
         self.upper = jnp.zeros((features, features))
@@ -148,7 +149,9 @@ class LULinear(Bijection):
 
     def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         lower, upper = self.factors()
-        rows = (y - self.bias).reshape(-1, self.features).T  # (features, batch)
+        rows = (
+            (y - self.bias).reshape(y.size // self.features, self.features).T
+        )  # (features, batch)
         z = jax.scipy.linalg.solve_triangular(lower, rows, lower=True, unit_diagonal=True)
         x = jax.scipy.linalg.solve_triangular(upper, z, lower=False)
         return x.T.reshape(y.shape), _batch_log_det(-self.log_diagonal.sum(), y)

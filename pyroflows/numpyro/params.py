@@ -59,8 +59,14 @@ def _named_leaves(module: Any) -> list[tuple[str, Any]]:
     return [(_name(path), leaf) for path, leaf in leaves]
 
 
-def _is_param(name: str, leaf: Any) -> bool:
-    return name.startswith("transforms.") and eqx.is_inexact_array(leaf)
+def _is_param(name: str, leaf: Any, module: Any = None) -> bool:
+    """A flow's parameters are the inexact arrays under ``transforms`` (not its base); a bare
+    bijection's are all its inexact arrays, named as torch names them."""
+    from pyroflows.numpyro.distributions import Flow
+
+    if isinstance(module, Flow) and not name.startswith("transforms."):
+        return False
+    return eqx.is_inexact_array(leaf)
 
 
 def _head(names: list[str]) -> str:
@@ -80,7 +86,7 @@ def get_params(flow: eqx.Module) -> dict[str, np.ndarray]:
     return {
         name: np.array(leaf)
         for name, leaf in _named_leaves(_rescan(flow, scan=False))
-        if _is_param(name, leaf)
+        if _is_param(name, leaf, flow)
     }
 
 
@@ -99,7 +105,7 @@ def set_params(flow: eqx.Module, params: Mapping[str, np.ndarray]) -> eqx.Module
     """
     flow = _rescan(flow, scan=False)  # one layer per name, as in torch
     leaves, treedef = jax.tree_util.tree_flatten_with_path(flow)
-    own = {_name(path): leaf for path, leaf in leaves if _is_param(_name(path), leaf)}
+    own = {_name(path): leaf for path, leaf in leaves if _is_param(_name(path), leaf, flow)}
     missing = sorted(set(own) - set(params))
     unexpected = sorted(set(params) - set(own))
     if missing or unexpected:

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from pyroflows import _checks
+
 __all__ = ["Transformer", "AdditiveTransformer", "AffineTransformer", "SplineTransformer"]
 
 #: Smallest bin width and height of a spline, as a fraction of the interval ``2 * bound``.
@@ -24,6 +26,24 @@ MIN_BIN_SIZE = 1e-3
 MIN_DERIVATIVE = 1e-3
 #: ``softplus(DERIVATIVE_SHIFT) == 1 - MIN_DERIVATIVE``: zero parameters give derivative 1.
 DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
+
+
+def _inside_only(params: Array, inside: Array) -> Array:
+    """``params`` where ``inside``, zeros (the identity spline) elsewhere: the spline branch of
+    points in the identity tails then has finite values and gradients, whatever the params."""
+    return jnp.where(inside[..., None], params, 0.0)
+
+
+def _safe_sqrt(value: Array) -> Array:
+    """``sqrt(max(value, 0))`` with a zero gradient (not 0 / 0) where ``value <= 0``."""
+    positive = value > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, value, 1.0)), 0.0)
+
+
+def _nonnegative(value: Array) -> Array:
+    """``max(value, 0)`` in value, with the gradient of ``value`` itself (as in the torch
+    backend): rounding past a knot is undone without zeroing the input gradient."""
+    return value + jax.lax.stop_gradient(jnp.maximum(value, 0.0) - value)
 
 
 class Transformer(eqx.Module):
@@ -78,9 +98,7 @@ class AffineTransformer(Transformer):
     bound: float = eqx.field(static=True)
 
     def __init__(self, bound: float = 3.0) -> None:
-        if not bound > 0:
-            raise ValueError(f"bound must be > 0, got {bound!r}")
-        self.bound = float(bound)
+        self.bound = _checks.check_positive("bound", bound)
 
     def _shift_and_log_scale(self, params: Array) -> tuple[Array, Array]:
         shift, raw = params[..., 0], params[..., 1]
@@ -103,8 +121,10 @@ class SplineTransformer(Transformer):
     (``3 * bins - 1``); zero parameters give the identity. Same numerics as the torch
     backend: inputs are clamped into the interval for the inside branch (no NaN far
     outside; the slope at exactly +-bound is the spline's, 1), the inverse's discriminant is
-    clamped at zero and its root taken in the form that does not cancel, and the position
-    inside a bin is not clamped (so the input gradient at a knot is right).
+    clamped at zero and its root taken in the form that does not cancel, the position inside
+    a bin is clamped to ``[0, 1]`` in value only (finite log-dets and the right gradient at a
+    knot), and points in the identity tails see zero parameters in the spline branch (no NaN
+    gradients from extreme conditioner outputs).
 
     Args:
         bins: Number of bins.
@@ -120,14 +140,11 @@ class SplineTransformer(Transformer):
     bound: float = eqx.field(static=True)
 
     def __init__(self, bins: int = 8, bound: float = 5.0) -> None:
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"bins must be an int >= 2, got {bins!r}")
+        bins = _checks.check_int("bins", bins, 2)
         if MIN_BIN_SIZE * bins >= 1:
             raise ValueError(f"bins must be < {int(1 / MIN_BIN_SIZE)}, got {bins}")
-        if not bound > 0:
-            raise ValueError(f"bound must be > 0, got {bound!r}")
         self.bins = bins
-        self.bound = float(bound)
+        self.bound = _checks.check_positive("bound", bound)
 
     @property
     def params_per_feature(self) -> int:
@@ -158,13 +175,16 @@ class SplineTransformer(Transformer):
         inside = (x >= -b) & (x <= b)
         # inside, x itself (jnp.clip would halve the gradient at exactly +-bound)
         xc = jnp.where(inside, x, jnp.clip(x, -b, b))
-        x0, y0, w, h, d0, d1 = jnp.moveaxis(self._bin_table(params, xc, 0), -1, 0)
+        x0, y0, w, h, d0, d1 = jnp.moveaxis(
+            self._bin_table(_inside_only(params, inside), xc, 0), -1, 0
+        )
         s = h / w
-        t = (xc - x0) / w
-        t1 = t * (1 - t)
+        t = _nonnegative((xc - x0) / w)
+        u = _nonnegative(1 - t)
+        t1 = t * u
         denom = s + (d0 + d1 - 2 * s) * t1
         y = y0 + h * (s * t * t + d0 * t1) / denom
-        dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) ** 2)
+        dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * u * u)
         log_det = jnp.log(dnum) - 2 * jnp.log(denom)
         return jnp.where(inside, y, x), jnp.where(inside, log_det, 0.0)
 
@@ -173,14 +193,16 @@ class SplineTransformer(Transformer):
         inside = (y >= -b) & (y <= b)
         # inside, y itself (jnp.clip would halve the gradient at exactly +-bound)
         yc = jnp.where(inside, y, jnp.clip(y, -b, b))
-        x0, y0, w, h, d0, d1 = jnp.moveaxis(self._bin_table(params, yc, 1), -1, 0)
+        x0, y0, w, h, d0, d1 = jnp.moveaxis(
+            self._bin_table(_inside_only(params, inside), yc, 1), -1, 0
+        )
         s = h / w
         dy = yc - y0
         c = d0 + d1 - 2 * s
         qa = h * (s - d0) + dy * c
         qb = h * d0 - dy * c
         qc = -s * dy
-        root = jnp.sqrt(jnp.maximum(qb * qb - 4 * qa * qc, 0.0))
+        root = _safe_sqrt(qb * qb - 4 * qa * qc)
         # t in [0, 1] in the form that does not cancel, and near the right end u = 1 - t
         # from the quadratic in u (as in the torch backend)
         positive = qb >= 0
@@ -199,6 +221,7 @@ class SplineTransformer(Transformer):
         )
         right = t > 0.5
         t, u = jnp.where(right, 1 - u, t), jnp.where(right, u, 1 - t)
+        t, u = _nonnegative(t), _nonnegative(u)
         t1 = t * u
         denom = s + c * t1
         dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * u * u)

@@ -55,6 +55,7 @@ class MaskedAutoregressive(Bijection):
         activation: str = "relu",
     ) -> None:
         super().__init__(features, context)
+        features, context = self.features, self.context_features
         self.transformer = transformer if transformer is not None else AffineTransformer()
         self.invert = bool(invert)
         self.order = np.arange(features) if order is None else np.asarray(order, dtype=np.int64)
@@ -68,7 +69,7 @@ class MaskedAutoregressive(Bijection):
         )
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", invert={self.invert}"
+        return super().extra_repr() + f", transformer={self.transformer!r}, invert={self.invert}"
 
     def _one_pass(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         x, context = broadcast_context(x, context)

@@ -51,6 +51,7 @@ class Coupling(Bijection):
         activation: str = "relu",
     ) -> None:
         super().__init__(features, context)
+        features, context = self.features, self.context_features
         mask = structure.half_mask(features) if mask is None else np.asarray(mask, dtype=bool)
         if mask.shape != (features,):
             raise ValueError(f"mask must have shape ({features},), got {mask.shape}")
@@ -70,6 +71,10 @@ class Coupling(Bijection):
             hidden,
             activation,
         )
+
+    def extra_repr(self) -> str:
+        mask = "".join("1" if m else "0" for m in self.mask)
+        return super().extra_repr() + f", transformer={self.transformer!r}, mask={mask}"
 
     def _params(self, x_identity: Tensor, context: Tensor | None) -> Tensor:
         x_identity, context = broadcast_context(x_identity, context)

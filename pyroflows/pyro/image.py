@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import constraints
 
+from pyroflows import _checks
 from pyroflows.pyro.core import Bijection
 
 __all__ = ["Logit", "dequantize", "bits_per_dim"]
@@ -48,9 +49,8 @@ class Logit(Bijection):
 
     def __init__(self, features: int, alpha: float = 1e-6) -> None:
         super().__init__(features)
-        if not 0 <= alpha < 0.5:
-            raise ValueError(f"alpha must be in [0, 0.5), got {alpha!r}")
-        self.alpha = float(alpha)
+        features = self.features
+        self.alpha = _checks.check_fraction("alpha", alpha, 0.0, 0.5)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", alpha={self.alpha}"

@@ -45,6 +45,7 @@ class ActNorm(Bijection):
 
     def __init__(self, features: int) -> None:
         super().__init__(features)
+        features = self.features
         self.loc = nn.Parameter(torch.zeros(features))
         self.log_scale = nn.Parameter(torch.zeros(features))
         self.register_buffer("initialized", torch.tensor(False))
@@ -84,6 +85,7 @@ class Scale(Bijection):
 
     def __init__(self, features: int) -> None:
         super().__init__(features)
+        features = self.features
         self.log_scale = nn.Parameter(torch.zeros(features))
 
     def forward_and_log_det(
@@ -115,6 +117,7 @@ class LULinear(Bijection):
 
     def __init__(self, features: int) -> None:
         super().__init__(features)
+        features = self.features
         self.lower = nn.Parameter(torch.zeros(features, features))
         self.upper = nn.Parameter(torch.zeros(features, features))
         self.log_diagonal = nn.Parameter(torch.zeros(features))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyroflows import structure
+from pyroflows import _checks, structure
 
 __all__ = ["MLP", "MaskedLinear", "MADE", "get_activation"]
 
@@ -33,10 +33,7 @@ def get_activation(name: str):
 
 
 def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
-    hidden = tuple(hidden)
-    if any(isinstance(h, bool) or not isinstance(h, int | np.integer) or h < 1 for h in hidden):
-        raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")
-    return tuple(int(h) for h in hidden)
+    return _checks.check_hidden(hidden)
 
 
 class MLP(nn.Module):

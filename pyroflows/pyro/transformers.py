@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyroflows import _checks
+
 __all__ = ["Transformer", "AdditiveTransformer", "AffineTransformer", "SplineTransformer"]
 
 #: Smallest bin width and height of a spline, as a fraction of the interval ``2 * bound``.
@@ -28,6 +30,25 @@ MIN_BIN_SIZE = 1e-3
 MIN_DERIVATIVE = 1e-3
 #: ``softplus(DERIVATIVE_SHIFT) == 1 - MIN_DERIVATIVE``: zero parameters give derivative 1.
 DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
+
+
+def _inside_only(params: Tensor, inside: Tensor) -> Tensor:
+    """``params`` where ``inside``, zeros (the identity spline) elsewhere: the spline branch of
+    points in the identity tails then has finite values and gradients, whatever the params."""
+    return torch.where(inside.unsqueeze(-1), params, 0.0)
+
+
+def _safe_sqrt(value: Tensor) -> Tensor:
+    """``sqrt(max(value, 0))`` with a zero gradient (not 0 / 0) where ``value <= 0``."""
+    positive = value > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, value, 1.0)), 0.0)
+
+
+def _nonnegative(value: Tensor) -> Tensor:
+    """``max(value, 0)`` in value, with the gradient of ``value`` itself: a position in a bin
+    that rounding put just past a knot is moved onto it (else the log-det's numerator can turn
+    negative when the slope there is tiny) without zeroing the input gradient."""
+    return value + (value.clamp_min(0) - value).detach()
 
 
 class Transformer:
@@ -87,9 +108,7 @@ class AffineTransformer(Transformer):
     params_per_feature = 2
 
     def __init__(self, bound: float = 3.0) -> None:
-        if not bound > 0:
-            raise ValueError(f"bound must be > 0, got {bound!r}")
-        self.bound = float(bound)
+        self.bound = _checks.check_positive("bound", bound)
 
     def _shift_and_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, raw = params.unbind(-1)
@@ -122,9 +141,11 @@ class SplineTransformer(Transformer):
     far outside it give no NaN (and no NaN gradients); the inverse's discriminant is
     clamped at zero, and its root is taken in the form that does not cancel (the sign of the
     linear coefficient decides which), so it keeps float32 precision when a knot derivative
-    is much larger than the bin's slope. The position inside a bin is not clamped to
-    ``[0, 1]``: at a knot it may be off by rounding, which is harmless, and clamping it would
-    zero the input gradient there.
+    is much larger than the bin's slope. The position inside a bin, off by rounding at a
+    knot, is clamped to ``[0, 1]`` in value only (the gradient passes as if unclamped), so the
+    log-det stays finite at the knots and the input gradient there is right. Points in the
+    identity tails see zero parameters in the (discarded) spline branch, so extreme
+    conditioner outputs give no NaN gradients there.
 
     Args:
         bins: Number of bins.
@@ -138,14 +159,11 @@ class SplineTransformer(Transformer):
     """
 
     def __init__(self, bins: int = 8, bound: float = 5.0) -> None:
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"bins must be an int >= 2, got {bins!r}")
+        bins = _checks.check_int("bins", bins, 2)
         if MIN_BIN_SIZE * bins >= 1:
             raise ValueError(f"bins must be < {int(1 / MIN_BIN_SIZE)}, got {bins}")
-        if not bound > 0:
-            raise ValueError(f"bound must be > 0, got {bound!r}")
         self.bins = bins
-        self.bound = float(bound)
+        self.bound = _checks.check_positive("bound", bound)
         self.params_per_feature = 3 * bins - 1
 
     def __repr__(self) -> str:
@@ -175,13 +193,14 @@ class SplineTransformer(Transformer):
         b = self.bound
         inside = (x >= -b) & (x <= b)
         xc = x.clamp(-b, b)
-        x0, y0, w, h, d0, d1 = self._bin_table(params, xc, 0).unbind(-1)
+        x0, y0, w, h, d0, d1 = self._bin_table(_inside_only(params, inside), xc, 0).unbind(-1)
         s = h / w
-        t = (xc - x0) / w
-        t1 = t * (1 - t)
+        t = _nonnegative((xc - x0) / w)
+        u = _nonnegative(1 - t)
+        t1 = t * u
         denom = s + (d0 + d1 - 2 * s) * t1
         y = y0 + h * (s * t * t + d0 * t1) / denom
-        dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) ** 2)
+        dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * u * u)
         log_det = torch.log(dnum) - 2 * torch.log(denom)
         return torch.where(inside, y, x), torch.where(inside, log_det, 0.0)
 
@@ -189,14 +208,14 @@ class SplineTransformer(Transformer):
         b = self.bound
         inside = (y >= -b) & (y <= b)
         yc = y.clamp(-b, b)
-        x0, y0, w, h, d0, d1 = self._bin_table(params, yc, 1).unbind(-1)
+        x0, y0, w, h, d0, d1 = self._bin_table(_inside_only(params, inside), yc, 1).unbind(-1)
         s = h / w
         dy = yc - y0
         c = d0 + d1 - 2 * s
         qa = h * (s - d0) + dy * c
         qb = h * d0 - dy * c
         qc = -s * dy
-        root = torch.sqrt((qb * qb - 4 * qa * qc).clamp_min(0))
+        root = _safe_sqrt(qb * qb - 4 * qa * qc)
         # The root t in [0, 1], written so that nothing cancels: for qb >= 0 as
         # 2 qc / (-qb - root) (both terms negative), else as (root - qb) / (2 qa) (both
         # positive; qa > 0 there). Near the bin's right end u = 1 - t is taken from the same
@@ -218,6 +237,7 @@ class SplineTransformer(Transformer):
         )
         right = t > 0.5
         t, u = torch.where(right, 1 - u, t), torch.where(right, u, 1 - t)
+        t, u = _nonnegative(t), _nonnegative(u)
         t1 = t * u
         denom = s + c * t1
         dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * u * u)
