@@ -33,7 +33,17 @@ __all__ = [
     "autoregressive_order",
     "made_degrees",
     "made_masks",
+    "RECIPE_ORDERS",
+    "random_orders",
+    "paired_random_mask",
+    "recipe_orders",
+    "recipe_masks",
 ]
+
+#: Layer structures of the recipes (their ``order=`` argument): ``"random"`` (seeded random
+#: orders / paired random masks, the default) and ``"alternate"`` (natural / reversed orders,
+#: even / odd masks: the structure of pyroflows 0.1.0's recipes).
+RECIPE_ORDERS = ("random", "alternate")
 
 
 def _check_features(features: int, minimum: int = 1) -> int:
@@ -184,3 +194,123 @@ def made_masks(
     outputs = np.repeat(order + 1, params_per_feature)
     masks.append((outputs[:, None] > degrees[-1][None, :]).astype(np.float64))
     return masks
+
+
+def _check_count(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def random_orders(features: int, transforms: int) -> list[np.ndarray]:
+    """The feature orders of an autoregressive recipe's layers in its ``"random"`` structure.
+
+    Layer ``i`` takes the seeded random order ``permutation(features, seed=i)``; where that
+    equals the previous layer's order it is reversed instead, so that consecutive layers
+    never share an order. On two features this gives the natural / reversed alternation
+    (the only two orders there are); from four features on the rule almost never applies.
+
+    Args:
+        features: Event size.
+        transforms: Number of layers.
+
+    Returns:
+        One order per layer: ``order[i]`` is the position (0-based) of feature ``i``.
+
+    Examples:
+        >>> from pyroflows import structure
+        >>> [o.tolist() for o in structure.random_orders(2, 3)]
+        [[0, 1], [1, 0], [0, 1]]
+    """
+    features, transforms = _check_features(features), _check_count("transforms", transforms, 1)
+    orders: list[np.ndarray] = []
+    for i in range(transforms):
+        order = permutation(features, seed=i)
+        if orders and np.array_equal(order, orders[-1]):
+            order = features - 1 - order  # reversed positions: the sequence read backwards
+        orders.append(order)
+    return orders
+
+
+def paired_random_mask(features: int, layer: int) -> np.ndarray:
+    """The mask of coupling layer ``layer`` in the recipes' ``"random"`` structure.
+
+    Layers ``2k`` and ``2k + 1`` split the features by the same seeded random half,
+    ``random_mask(features, seed=k)``, and swap its roles: in layer ``2k`` the features of
+    the half pass through, in layer ``2k + 1`` they are transformed. Every pair of layers
+    thus transforms every feature once, conditioned on a different random half each pair.
+
+    Args:
+        features: Event size (at least 2).
+        layer: Index of the layer in the recipe (0-based).
+
+    Returns:
+        Boolean array of shape ``(features,)`` (``True``: passes through).
+
+    Examples:
+        >>> from pyroflows import structure
+        >>> a, b = structure.paired_random_mask(6, 0), structure.paired_random_mask(6, 1)
+        >>> bool((a == ~b).all())
+        True
+    """
+    layer = _check_count("layer", layer, 0)
+    mask = random_mask(features, seed=layer // 2)
+    return ~mask if layer % 2 else mask
+
+
+def _check_order(order: str) -> str:
+    if order not in RECIPE_ORDERS:
+        raise ValueError(f"order must be one of {RECIPE_ORDERS}, got {order!r}")
+    return order
+
+
+def recipe_orders(features: int, transforms: int, order: str = "random") -> list[np.ndarray]:
+    """The feature order of each layer of an autoregressive recipe (MAF, IAF, NSF).
+
+    Args:
+        features: Event size.
+        transforms: Number of layers.
+        order: ``"random"``: `random_orders` (layer ``i`` takes ``permutation(features,
+            seed=i)``, reversed where it repeats the previous layer's order);
+            ``"alternate"``: ``autoregressive_order(features, i)`` (natural order in even
+            layers, reversed in odd ones).
+
+    Returns:
+        One order per layer (``order[j]`` is the position of feature ``j``), int64.
+
+    Examples:
+        >>> from pyroflows import structure
+        >>> [o.tolist() for o in structure.recipe_orders(3, 2, "alternate")]
+        [[0, 1, 2], [2, 1, 0]]
+    """
+    features, transforms = _check_features(features), _check_count("transforms", transforms, 1)
+    if _check_order(order) == "random":
+        return random_orders(features, transforms)
+    return [autoregressive_order(features, i) for i in range(transforms)]
+
+
+def recipe_masks(features: int, transforms: int, order: str = "random") -> list[np.ndarray]:
+    """The mask of each layer of a coupling recipe (NICE, RealNVP, NSF coupling).
+
+    Args:
+        features: Event size (at least 2).
+        transforms: Number of layers.
+        order: ``"random"``: layer ``i`` takes ``paired_random_mask(features, i)``;
+            ``"alternate"``: ``alternating_mask(features, i % 2)`` (even features pass
+            through in even layers, odd features in odd layers).
+
+    Returns:
+        One boolean mask per layer (``True``: passes through).
+
+    Examples:
+        >>> from pyroflows import structure
+        >>> [m.tolist() for m in structure.recipe_masks(3, 2, "alternate")]
+        [[True, False, True], [False, True, False]]
+    """
+    features = _check_features(features, 2)
+    transforms = _check_count("transforms", transforms, 1)
+    if _check_order(order) == "random":
+        return [paired_random_mask(features, i) for i in range(transforms)]
+    return [alternating_mask(features, i % 2) for i in range(transforms)]

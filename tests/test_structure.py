@@ -247,3 +247,74 @@ def test_made_rejects_bad_arguments(kwargs):
         structure.made_degrees(**kwargs)
     with pytest.raises(ValueError):
         structure.made_masks(params_per_feature=2, **kwargs)
+
+
+# --------------------------------------------------------------------------- recipe structure
+
+
+@pytest.mark.parametrize("features", [1, 2, 3, 4, 6, 13])
+def test_random_orders_are_seeded_and_never_repeat_the_previous_layer(features):
+    orders = structure.random_orders(features, 8)
+    assert len(orders) == 8
+    for i, order in enumerate(orders):
+        assert order.dtype == np.int64
+        np.testing.assert_array_equal(np.sort(order), np.arange(features))
+        drawn = structure.permutation(features, seed=i)
+        if i and np.array_equal(drawn, orders[i - 1]):
+            np.testing.assert_array_equal(order, features - 1 - drawn)  # reversed
+        else:
+            np.testing.assert_array_equal(order, drawn)
+        if i and features > 1:
+            assert not np.array_equal(order, orders[i - 1])
+    assert structure.random_orders(features, 3)[2].tolist() == orders[2].tolist()
+
+
+def test_random_orders_values():
+    # two features: the seeded draws are [0, 1] three times, then [1, 0]: alternation
+    assert [o.tolist() for o in structure.random_orders(2, 4)] == [[0, 1], [1, 0], [0, 1], [1, 0]]
+    # from 4 features on the rule does not apply here: plain seeded permutations
+    for features in (13, 30, 64):
+        for i, order in enumerate(structure.random_orders(features, 5)):
+            np.testing.assert_array_equal(order, structure.permutation(features, seed=i))
+
+
+@pytest.mark.parametrize("features", [2, 3, 6, 13])
+def test_paired_random_mask_pairs_complement(features):
+    for layer in range(6):
+        mask = structure.paired_random_mask(features, layer)
+        half = structure.random_mask(features, seed=layer // 2)
+        np.testing.assert_array_equal(mask, ~half if layer % 2 else half)
+        assert mask.any() and not mask.all()
+
+
+def test_recipe_orders_and_masks():
+    orders = structure.recipe_orders(7, 5)
+    assert len(orders) == 5
+    for order, expected in zip(orders, structure.random_orders(7, 5), strict=True):
+        np.testing.assert_array_equal(order, expected)
+    for i, order in enumerate(structure.recipe_orders(7, 5, "alternate")):
+        np.testing.assert_array_equal(order, structure.autoregressive_order(7, i))
+    masks = structure.recipe_masks(7, 5)
+    for i, mask in enumerate(masks):
+        np.testing.assert_array_equal(mask, structure.paired_random_mask(7, i))
+    for i, mask in enumerate(structure.recipe_masks(7, 5, "alternate")):
+        np.testing.assert_array_equal(mask, structure.alternating_mask(7, i % 2))
+    # distinct pairs for enough features
+    assert len({tuple(o) for o in structure.recipe_orders(13, 6)}) == 6
+    assert set(structure.RECIPE_ORDERS) == {"random", "alternate"}
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: structure.recipe_orders(3, 2, "reversed"),
+        lambda: structure.recipe_masks(3, 2, "natural"),
+        lambda: structure.recipe_orders(3, 0),
+        lambda: structure.recipe_masks(1, 2),
+        lambda: structure.random_orders(3, 0),
+        lambda: structure.paired_random_mask(1, 0),
+    ],
+)
+def test_recipe_structure_rejects_bad_arguments(call):
+    with pytest.raises(ValueError):
+        call()

@@ -6,9 +6,20 @@ bijections are near the identity at initialisation. Structure (masks, autoregres
 orders) comes from `pyroflows.structure`, so both backends build the same flow.
 
 Choices made here:
-    * Autoregressive recipes alternate the natural and the reversed feature order from one
-      layer to the next (no separate permutation layers).
-    * Coupling recipes alternate the masks ``index % 2 == 0`` and ``index % 2 == 1``.
+    * No separate permutation layers: the feature order lives in the layers themselves (the
+      autoregressive order of each MADE, the mask of each coupling layer), set by the
+      recipes' ``order`` argument from `pyroflows.structure` with numpy seeds.
+    * ``order="random"`` (the default): autoregressive layer ``i`` takes the seeded random
+      order ``structure.permutation(features, seed=i)``, reversed where it would repeat the
+      previous layer's order (`pyroflows.structure.random_orders`; on two features this is
+      the natural / reversed alternation). Coupling layers ``2k`` and ``2k + 1`` take a
+      seeded random half of the features and its complement as pass-through features
+      (`pyroflows.structure.paired_random_mask`), so every pair of layers transforms every
+      feature once and the pairs mix different features. On held-out tabular data this fits
+      better than the alternation below (``benchmarks/README.md``, density section).
+    * ``order="alternate"``, the structure of pyroflows 0.1.0's recipes (and of
+      ``AutoFlow``'s flows): autoregressive recipes alternate the natural and the reversed
+      feature order, coupling recipes the masks ``index % 2 == 0`` and ``index % 2 == 1``.
 """
 
 from __future__ import annotations
@@ -46,7 +57,9 @@ def _autoregressive(
     transformer: Transformer,
     invert: bool,
     activation: str,
+    order: str,
 ) -> list[MaskedAutoregressive]:
+    orders = structure.recipe_orders(features, _check_transforms(transforms), order)
     return [
         MaskedAutoregressive(
             features,
@@ -54,10 +67,10 @@ def _autoregressive(
             transformer,
             hidden,
             invert=invert,
-            order=structure.autoregressive_order(features, i),
+            order=layer_order,
             activation=activation,
         )
-        for i in range(_check_transforms(transforms))
+        for layer_order in orders
     ]
 
 
@@ -68,20 +81,12 @@ def _coupling(
     hidden: Sequence[int],
     transformer: Transformer,
     activation: str,
+    order: str,
 ) -> list[Coupling]:
     if features < 2:
         raise ValueError(f"coupling flows need features >= 2, got features={features}")
-    return [
-        Coupling(
-            features,
-            context,
-            structure.alternating_mask(features, i % 2),
-            transformer,
-            hidden,
-            activation,
-        )
-        for i in range(_check_transforms(transforms))
-    ]
+    masks = structure.recipe_masks(features, _check_transforms(transforms), order)
+    return [Coupling(features, context, mask, transformer, hidden, activation) for mask in masks]
 
 
 def MAF(  # noqa: N802
@@ -91,6 +96,7 @@ def MAF(  # noqa: N802
     hidden: Sequence[int] = (64, 64),
     *,
     bound: float = 3.0,
+    order: str = "random",
     activation: str = "relu",
     base: Distribution | None = None,
 ) -> Flow:
@@ -102,6 +108,10 @@ def MAF(  # noqa: N802
         transforms: Number of autoregressive layers.
         hidden: Hidden widths of each MADE.
         bound: Bound on each layer's absolute log-scale.
+        order: Feature orders of the layers: ``"random"`` (default; a seeded random order
+            per layer, `pyroflows.structure.random_orders`) or ``"alternate"`` (natural and
+            reversed order in turn, the structure of pyroflows 0.1.0 and of ``AutoFlow``'s
+            flows).
         activation: Conditioner activation.
         base: Base distribution (default standard normal).
 
@@ -112,8 +122,9 @@ def MAF(  # noqa: N802
         >>> flow().log_prob(torch.randn(3, 5)).shape
         torch.Size([3])
     """
+    transformer = AffineTransformer(bound)
     layers = _autoregressive(
-        features, context, transforms, hidden, AffineTransformer(bound), True, activation
+        features, context, transforms, hidden, transformer, True, activation, order
     )
     return Flow(layers, base)
 
@@ -125,6 +136,7 @@ def IAF(  # noqa: N802
     hidden: Sequence[int] = (64, 64),
     *,
     bound: float = 3.0,
+    order: str = "random",
     activation: str = "relu",
     base: Distribution | None = None,
 ) -> Flow:
@@ -140,8 +152,9 @@ def IAF(  # noqa: N802
         >>> x = d.rsample((10,))
         >>> lp = d.log_prob(x)  # no sequential pass: scored from the cache
     """
+    transformer = AffineTransformer(bound)
     layers = _autoregressive(
-        features, context, transforms, hidden, AffineTransformer(bound), False, activation
+        features, context, transforms, hidden, transformer, False, activation, order
     )
     return Flow(layers, base)
 
@@ -155,6 +168,7 @@ def NSF(  # noqa: N802
     bins: int = 8,
     bound: float = 5.0,
     mode: str = "autoregressive",
+    order: str = "random",
     activation: str = "relu",
     base: Distribution | None = None,
 ) -> Flow:
@@ -169,6 +183,8 @@ def NSF(  # noqa: N802
         bound: The splines act on ``[-bound, bound]``; identity outside.
         mode: ``"autoregressive"`` (MAF-style, one-pass density) or ``"coupling"``
             (one pass both ways).
+        order: Layer structure: ``"random"`` (default) or ``"alternate"``. Autoregressive
+            mode as in `MAF`; coupling mode as in `RealNVP`.
         activation: Conditioner activation.
         base: Base distribution (default standard normal).
 
@@ -179,10 +195,10 @@ def NSF(  # noqa: N802
     transformer = SplineTransformer(bins, bound)
     if mode == "autoregressive":
         layers = _autoregressive(
-            features, context, transforms, hidden, transformer, True, activation
+            features, context, transforms, hidden, transformer, True, activation, order
         )
     elif mode == "coupling":
-        layers = _coupling(features, context, transforms, hidden, transformer, activation)
+        layers = _coupling(features, context, transforms, hidden, transformer, activation, order)
     else:
         raise ValueError(f"mode must be 'autoregressive' or 'coupling', got {mode!r}")
     return Flow(layers, base)
@@ -195,18 +211,25 @@ def RealNVP(  # noqa: N802
     hidden: Sequence[int] = (64, 64),
     *,
     bound: float = 3.0,
+    order: str = "random",
     activation: str = "relu",
     base: Distribution | None = None,
 ) -> Flow:
-    """RealNVP (Dinh et al., 2017): affine coupling layers with alternating masks.
+    """RealNVP (Dinh et al., 2017): affine coupling layers.
 
-    Arguments as in `MAF`; needs ``features >= 2``.
+    Arguments as in `MAF`, except ``order``, which here sets the masks: ``"random"``
+    (default; pairs of layers take a seeded random half of the features and its complement
+    as pass-through features, `pyroflows.structure.paired_random_mask`) or ``"alternate"``
+    (the even and the odd features pass through in turn, the structure of pyroflows 0.1.0
+    and of ``AutoFlow``'s flows). Needs ``features >= 2``.
 
     Examples:
         >>> import pyroflows.pyro as pf
         >>> flow = pf.RealNVP(features=4, transforms=4, hidden=(64, 64))
     """
-    layers = _coupling(features, context, transforms, hidden, AffineTransformer(bound), activation)
+    layers = _coupling(
+        features, context, transforms, hidden, AffineTransformer(bound), activation, order
+    )
     return Flow(layers, base)
 
 
@@ -216,19 +239,23 @@ def NICE(  # noqa: N802
     transforms: int = 4,
     hidden: Sequence[int] = (64, 64),
     *,
+    order: str = "random",
     activation: str = "relu",
     base: Distribution | None = None,
 ) -> Flow:
     """NICE (Dinh et al., 2015): additive coupling layers and a final diagonal scaling.
 
-    Arguments as in `MAF`; needs ``features >= 2``. The coupling layers are volume
-    preserving; the diagonal scaling (`pyroflows.pyro.linear.Scale`) carries the
-    whole log-determinant. It is the last layer in the data -> base direction, as in the
-    paper, so it comes first in the forward (base -> data) order.
+    Arguments as in `RealNVP` (``order`` sets the masks); needs ``features >= 2``. The
+    coupling layers are volume preserving; the diagonal scaling
+    (`pyroflows.pyro.linear.Scale`) carries the whole log-determinant. It is the last
+    layer in the data -> base direction, as in the paper, so it comes first in the forward
+    (base -> data) order.
 
     Examples:
         >>> import pyroflows.pyro as pf
         >>> flow = pf.NICE(features=4, transforms=4, hidden=(64, 64))
     """
-    layers = _coupling(features, context, transforms, hidden, AdditiveTransformer(), activation)
+    layers = _coupling(
+        features, context, transforms, hidden, AdditiveTransformer(), activation, order
+    )
     return Flow([Scale(features), *layers], base)
