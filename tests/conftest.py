@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests: CI runs a few derandomized examples per test (reproducible, inside the
+# suite's time budget); HYPOTHESIS_PROFILE=fuzz searches deeply (run it before a release).
+settings.register_profile(
+    "ci",
+    max_examples=int(os.environ.get("PYROFLOWS_FUZZ_EXAMPLES", "6")),
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=500,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -115,6 +115,14 @@ def broadcast_context(x: Array, context: Array | None) -> tuple[Array, Array | N
     return x, jnp.broadcast_to(context, (*batch, context.shape[-1]))
 
 
+def _float_dtype_of(tree: Any) -> Any:
+    """The dtype of the first floating array in ``tree`` (``None`` if it has none)."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if eqx.is_inexact_array(leaf):
+            return leaf.dtype
+    return None
+
+
 def _check_size(name: str, value: Any, minimum: int) -> int:
     return _checks.check_int(name, value, minimum)
 
@@ -204,8 +212,13 @@ class Bijection(eqx.Module):
 
     def check_input(self, name: str, value: Any) -> Array:
         """``value`` as an array; raise a ``ValueError`` naming ``name`` unless it has shape
-        ``(..., features)`` and a floating dtype."""
-        return check_event(name, value, self.features)
+        ``(..., features)`` and a floating dtype. A dtype other than the parameters' is
+        promoted with them, as JAX promotes (float32 data into a float64 flow gives float64)."""
+        value = check_event(name, value, self.features)
+        dtype = _float_dtype_of(self)
+        if dtype is not None and value.dtype != dtype:
+            value = value.astype(jnp.promote_types(value.dtype, dtype))
+        return value
 
     def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         """Map base -> data; return ``(y, log|det dy/dx|)``."""

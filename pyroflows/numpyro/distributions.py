@@ -127,12 +127,29 @@ class Flow(eqx.Module):
         return FlowDistribution(self.base_distribution(), Chain(self.transforms), context)
 
 
+#: Draws of more events than this go through the flow in chunks of about this many events
+#: (along the first sample axis), as in the torch backend.
+SAMPLE_CHUNK = 2**16
+
+
+def _chunk_rows(z: Array) -> int | None:
+    """Rows of ``z``'s first axis per chunk, or ``None`` when ``z`` is small enough (or a
+    single event) to go through at once."""
+    if z.ndim < 2:
+        return None
+    per_row = max(1, math.prod(z.shape[1:-1]))
+    rows = max(1, SAMPLE_CHUNK // per_row)
+    return rows if rows < z.shape[0] else None
+
+
 class FlowDistribution(TransformedDistribution):
     """The distribution of a flow, a NumPyro ``TransformedDistribution``.
 
     ``log_prob`` runs the chain's inverse once. ``sample_with_intermediates`` returns
     ``[[base sample, log_det]]`` as intermediates; ``log_prob(x, intermediates)`` then costs
     no pass at all. The batch shape is the base's broadcast with the context's batch shape.
+    Draws of more than `SAMPLE_CHUNK` events go through the flow in chunks
+    (``jax.lax.map``), so their peak memory is that of one chunk.
 
     Args:
         base: Base distribution (event shape ``(features,)``).
@@ -192,7 +209,12 @@ class FlowDistribution(TransformedDistribution):
         self, key: Array, sample_shape: tuple[int, ...] = ()
     ) -> tuple[Array, list]:
         z = self.base_dist.sample(check_key(key, "sample"), sample_shape)
-        x, log_det = self.chain.forward_and_log_det(z, self.context)
+        rows = _chunk_rows(z)
+        if rows is None:
+            x, log_det = self.chain.forward_and_log_det(z, self.context)
+        else:  # big draws go through in chunks of the first axis (peak memory of one chunk)
+            forward = lambda zi: self.chain.forward_and_log_det(zi, self.context)  # noqa: E731
+            x, log_det = jax.lax.map(forward, z, batch_size=rows)
         return x, [[z, log_det]]
 
     def sample_and_log_prob(

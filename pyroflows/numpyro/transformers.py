@@ -152,21 +152,30 @@ class SplineTransformer(Transformer):
         return 3 * self.bins - 1
 
     def _bin_table(self, params: Array, value: Array, row: int) -> Array:
-        """Per element, ``(x_left, y_left, width, height, slope_left, slope_right)`` of the bin
-        that ``value`` falls in; ``row`` 0 looks among the x-knots, 1 among the y-knots."""
+        """Per element, ``(x_left, y_left, x_right, y_right, slope_left, slope_right)`` of the
+        bin that ``value`` falls in; ``row`` 0 looks among the x-knots, 1 among the y-knots.
+        The end knots are exactly ``-bound`` and ``bound`` and a bin's right knot is its
+        neighbour's left knot (as in the torch backend)."""
         k, b = self.bins, self.bound
         raw = params[..., : 2 * k].reshape(*params.shape[:-1], 2, k)
         sizes = jax.nn.softmax(raw, axis=-1)
         sizes = sizes * (2 * b * (1 - MIN_BIN_SIZE * k)) + 2 * b * MIN_BIN_SIZE
-        left = jnp.cumsum(sizes, axis=-1) - sizes - b  # (..., 2, bins)
+        knots = jnp.cumsum(sizes[..., :-1], axis=-1) - b  # (..., 2, bins - 1): interior
+        end = jnp.full((*knots.shape[:-1], 1), b, knots.dtype)
         inner = jax.nn.softplus(params[..., 2 * k :] + DERIVATIVE_SHIFT) + MIN_DERIVATIVE
         ones = jnp.ones_like(inner[..., :1])
         slopes = jnp.concatenate([ones, inner, ones], axis=-1)
         table = jnp.concatenate(
-            [left, sizes, slopes[..., None, :-1], slopes[..., None, 1:]], axis=-2
+            [
+                jnp.concatenate([-end, knots], axis=-1),  # left knots, x and y
+                jnp.concatenate([knots, end], axis=-1),  # right knots
+                slopes[..., None, :-1],
+                slopes[..., None, 1:],
+            ],
+            axis=-2,
         )  # (..., 6, bins)
         # index = number of interior knots strictly below value (torch.searchsorted, left)
-        index = jnp.sum(left[..., row, 1:] < value[..., None], axis=-1)
+        index = jnp.sum(knots[..., row, :] < value[..., None], axis=-1)
         index = jnp.broadcast_to(index[..., None, None], (*table.shape[:-1], 1))
         return jnp.take_along_axis(table, index, axis=-1)[..., 0]
 
@@ -175,15 +184,20 @@ class SplineTransformer(Transformer):
         inside = (x >= -b) & (x <= b)
         # inside, x itself (jnp.clip would halve the gradient at exactly +-bound)
         xc = jnp.where(inside, x, jnp.clip(x, -b, b))
-        x0, y0, w, h, d0, d1 = jnp.moveaxis(
-            self._bin_table(_inside_only(params, inside), xc, 0), -1, 0
-        )
+        table = self._bin_table(_inside_only(params, inside), xc, 0)
+        x0, y0, x1, y1, d0, d1 = jnp.moveaxis(table, -1, 0)
+        w, h = x1 - x0, y1 - y0
         s = h / w
-        t = _nonnegative((xc - x0) / w)
-        u = _nonnegative(1 - t)
+        # the position in the bin from its nearer end: t from the left, u = 1 - t from the right
+        t, u = (xc - x0) / w, (x1 - xc) / w
+        right = t > 0.5
+        t, u = jnp.where(right, 1 - u, t), jnp.where(right, u, 1 - t)
+        t, u = _nonnegative(t), _nonnegative(u)
         t1 = t * u
         denom = s + (d0 + d1 - 2 * s) * t1
-        y = y0 + h * (s * t * t + d0 * t1) / denom
+        y = jnp.where(
+            right, y1 - h * (s * u * u + d1 * t1) / denom, y0 + h * (s * t * t + d0 * t1) / denom
+        )
         dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * u * u)
         log_det = jnp.log(dnum) - 2 * jnp.log(denom)
         return jnp.where(inside, y, x), jnp.where(inside, log_det, 0.0)
@@ -193,14 +207,16 @@ class SplineTransformer(Transformer):
         inside = (y >= -b) & (y <= b)
         # inside, y itself (jnp.clip would halve the gradient at exactly +-bound)
         yc = jnp.where(inside, y, jnp.clip(y, -b, b))
-        x0, y0, w, h, d0, d1 = jnp.moveaxis(
-            self._bin_table(_inside_only(params, inside), yc, 1), -1, 0
-        )
+        table = self._bin_table(_inside_only(params, inside), yc, 1)
+        x0, y0, x1, y1, d0, d1 = jnp.moveaxis(table, -1, 0)
+        w, h = x1 - x0, y1 - y0
         s = h / w
-        dy = yc - y0
+        # the distances to both knots, and the quadratic's coefficients written with them so
+        # that the large terms d0 * h do not cancel (they would for a steep left end)
+        dy, e = yc - y0, y1 - yc
         c = d0 + d1 - 2 * s
-        qa = h * (s - d0) + dy * c
-        qb = h * d0 - dy * c
+        qa = s * (2 * e - h) + d1 * dy - d0 * e
+        qb = d0 * e + (2 * s - d1) * dy
         qc = -s * dy
         root = _safe_sqrt(qb * qb - 4 * qa * qc)
         # t in [0, 1] in the form that does not cancel, and near the right end u = 1 - t
@@ -211,8 +227,8 @@ class SplineTransformer(Transformer):
             (2 * qc) / jnp.where(positive, -qb - root, -1.0),
             (root - qb) / jnp.where(positive, 1.0, 2 * qa),
         )
-        mb = h * (2 * s - d0) + dy * c  # minus the linear coefficient in u
-        cu = s * (h - dy)  # the constant in u, >= 0
+        mb = (2 * s - d0) * e + d1 * dy  # minus the linear coefficient in u
+        cu = s * e  # the constant in u, >= 0
         positive = mb >= 0
         u = jnp.where(
             positive,
@@ -226,5 +242,5 @@ class SplineTransformer(Transformer):
         denom = s + c * t1
         dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * u * u)
         log_det = 2 * jnp.log(denom) - jnp.log(dnum)
-        x = jnp.where(right, (x0 + w) - u * w, x0 + t * w)
+        x = jnp.where(right, x1 - u * w, x0 + t * w)
         return jnp.where(inside, x, y), jnp.where(inside, log_det, 0.0)

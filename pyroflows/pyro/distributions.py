@@ -226,6 +226,21 @@ class Flow(nn.Module):
         return text
 
 
+#: Draws of more events than this go through the flow in chunks of about this many events
+#: (along the first sample dimension) when no gradient is needed.
+SAMPLE_CHUNK = 2**16
+
+
+def _chunk_rows(z: Tensor) -> int | None:
+    """Rows of ``z``'s first dimension per chunk, or ``None`` when ``z`` is small enough (or
+    a single event) to go through at once."""
+    if z.dim() < 2:
+        return None
+    per_row = max(1, math.prod(z.shape[1:-1]))
+    rows = max(1, SAMPLE_CHUNK // per_row)
+    return rows if rows < z.shape[0] else None
+
+
 class FlowDistribution(TransformedDistribution):
     """The distribution of a flow, a Pyro ``TransformedDistribution``.
 
@@ -240,7 +255,9 @@ class FlowDistribution(TransformedDistribution):
     score-function ELBO needs for a base without ``rsample``, such as a mixture).
 
     The batch shape is that of the base distribution broadcast with the context's batch
-    shape. The support is the last bijection's codomain (all reals, or the unit cube after
+    shape. Draws without gradients of more than `SAMPLE_CHUNK` events go through the flow in
+    chunks, so their peak memory is that of one chunk. The support is the last bijection's
+    codomain (all reals, or the unit cube after
     `pyroflows.pyro.Logit`); ``log_prob`` of a value outside it raises a ``ValueError`` when
     argument validation is on (torch's and Pyro's default) and is ``-inf`` otherwise.
 
@@ -298,7 +315,12 @@ class FlowDistribution(TransformedDistribution):
 
     def _forward(self, z: Tensor) -> Tensor:
         check_dtype("the base distribution's sample", z, self._like)
-        x, log_det = chain_forward(self.bijections, z, self.context)
+        rows = _chunk_rows(z)
+        if torch.is_grad_enabled() or rows is None:
+            x, log_det = chain_forward(self.bijections, z, self.context)
+        else:  # without gradients, big draws go through in chunks (peak memory of one chunk)
+            parts = [chain_forward(self.bijections, c, self.context) for c in z.split(rows)]
+            x, log_det = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         self._last = (x, z, log_det, x._version, torch.is_grad_enabled())
         return x
 

@@ -355,12 +355,13 @@ class AutoFlow(AutoContinuous):
         Returns:
             ``{site: tensor of shape (len(quantiles), *site_shape)}``.
         """
+        levels = torch.as_tensor(quantiles, dtype=torch.float64)
+        if levels.dim() != 1 or not ((levels > 0) & (levels < 1)).all():
+            raise ValueError(f"quantiles must be a list of levels in (0, 1), got {quantiles!r}")
         draws = self._constrain(self._posterior_draws(*args, **kwargs))
         result = {}
         for name, value in draws.items():
-            q = torch.as_tensor(quantiles, dtype=value.dtype, device=value.device)
-            if q.dim() != 1 or not ((q > 0) & (q < 1)).all():
-                raise ValueError(f"quantiles must be a list of levels in (0, 1), got {quantiles!r}")
+            q = levels.to(dtype=value.dtype, device=value.device)
             result[name] = torch.quantile(value, q, dim=0)
         return result
 

@@ -171,35 +171,50 @@ class SplineTransformer(Transformer):
 
     def _bin_table(self, params: Tensor, value: Tensor, row: int) -> Tensor:
         """Per element, the bin that ``value`` falls in, as ``(..., 6)``:
-        ``(x_left, y_left, width, height, slope_left, slope_right)``.
+        ``(x_left, y_left, x_right, y_right, slope_left, slope_right)``.
 
         ``row`` 0 looks ``value`` up among the x-knots (forward), 1 among the y-knots.
-        Knots are ``-bound + 2 * bound * cumsum(sizes)``, sizes floored at ``MIN_BIN_SIZE``.
+        The interior knots are ``-bound + cumsum(sizes)`` (sizes floored at ``MIN_BIN_SIZE``
+        of the interval); the end knots are exactly ``-bound`` and ``bound``, and a bin's
+        right knot is its neighbour's left knot, so the bins tile the interval exactly.
         """
         k, b = self.bins, self.bound
         sizes = F.softmax(params[..., : 2 * k].unflatten(-1, (2, k)), dim=-1)
         sizes = sizes * (2 * b * (1 - MIN_BIN_SIZE * k)) + 2 * b * MIN_BIN_SIZE
-        left = torch.cumsum(sizes, dim=-1) - sizes - b  # (..., 2, bins): left knots
+        knots = torch.cumsum(sizes[..., :-1], dim=-1) - b  # (..., 2, bins - 1): interior
+        end = knots.new_full((*knots.shape[:-1], 1), b)
         inner = F.softplus(params[..., 2 * k :] + DERIVATIVE_SHIFT) + MIN_DERIVATIVE
         slopes = F.pad(inner, (1, 1), value=1.0)
         table = torch.cat(
-            [left, sizes, slopes[..., :-1].unsqueeze(-2), slopes[..., 1:].unsqueeze(-2)], dim=-2
+            [
+                torch.cat([-end, knots], dim=-1),  # left knots, x and y
+                torch.cat([knots, end], dim=-1),  # right knots
+                slopes[..., :-1].unsqueeze(-2),
+                slopes[..., 1:].unsqueeze(-2),
+            ],
+            dim=-2,
         )
-        # Interior knots are the left knots of bins 1..bins-1: the index lands in [0, bins).
-        index = torch.searchsorted(left[..., row, 1:].contiguous(), value.unsqueeze(-1))
+        # the number of interior knots below value: the index lands in [0, bins)
+        index = torch.searchsorted(knots[..., row, :].contiguous(), value.unsqueeze(-1))
         return table.gather(-1, index.unsqueeze(-2).expand(*index.shape[:-1], 6, 1)).squeeze(-1)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         b = self.bound
         inside = (x >= -b) & (x <= b)
         xc = x.clamp(-b, b)
-        x0, y0, w, h, d0, d1 = self._bin_table(_inside_only(params, inside), xc, 0).unbind(-1)
+        x0, y0, x1, y1, d0, d1 = self._bin_table(_inside_only(params, inside), xc, 0).unbind(-1)
+        w, h = x1 - x0, y1 - y0
         s = h / w
-        t = _nonnegative((xc - x0) / w)
-        u = _nonnegative(1 - t)
+        # the position in the bin from its nearer end: t from the left, u = 1 - t from the right
+        t, u = (xc - x0) / w, (x1 - xc) / w
+        right = t > 0.5
+        t, u = torch.where(right, 1 - u, t), torch.where(right, u, 1 - t)
+        t, u = _nonnegative(t), _nonnegative(u)
         t1 = t * u
         denom = s + (d0 + d1 - 2 * s) * t1
-        y = y0 + h * (s * t * t + d0 * t1) / denom
+        y = torch.where(
+            right, y1 - h * (s * u * u + d1 * t1) / denom, y0 + h * (s * t * t + d0 * t1) / denom
+        )
         dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * u * u)
         log_det = torch.log(dnum) - 2 * torch.log(denom)
         return torch.where(inside, y, x), torch.where(inside, log_det, 0.0)
@@ -208,12 +223,15 @@ class SplineTransformer(Transformer):
         b = self.bound
         inside = (y >= -b) & (y <= b)
         yc = y.clamp(-b, b)
-        x0, y0, w, h, d0, d1 = self._bin_table(_inside_only(params, inside), yc, 1).unbind(-1)
+        x0, y0, x1, y1, d0, d1 = self._bin_table(_inside_only(params, inside), yc, 1).unbind(-1)
+        w, h = x1 - x0, y1 - y0
         s = h / w
-        dy = yc - y0
+        # the distances to both knots, and the quadratic's coefficients written with them so
+        # that the large terms d0 * h do not cancel (they would for a steep left end)
+        dy, e = yc - y0, y1 - yc
         c = d0 + d1 - 2 * s
-        qa = h * (s - d0) + dy * c
-        qb = h * d0 - dy * c
+        qa = s * (2 * e - h) + d1 * dy - d0 * e
+        qb = d0 * e + (2 * s - d1) * dy
         qc = -s * dy
         root = _safe_sqrt(qb * qb - 4 * qa * qc)
         # The root t in [0, 1], written so that nothing cancels: for qb >= 0 as
@@ -227,8 +245,8 @@ class SplineTransformer(Transformer):
             (2 * qc) / torch.where(positive, -qb - root, -1.0),
             (root - qb) / torch.where(positive, 1.0, 2 * qa),
         )
-        mb = h * (2 * s - d0) + dy * c  # minus the linear coefficient in u
-        cu = s * (h - dy)  # the constant in u, >= 0
+        mb = (2 * s - d0) * e + d1 * dy  # minus the linear coefficient in u
+        cu = s * e  # the constant in u, >= 0
         positive = mb >= 0
         u = torch.where(
             positive,
@@ -242,5 +260,5 @@ class SplineTransformer(Transformer):
         denom = s + c * t1
         dnum = s * s * (d1 * t * t + 2 * s * t1 + d0 * u * u)
         log_det = 2 * torch.log(denom) - torch.log(dnum)
-        x = torch.where(right, (x0 + w) - u * w, x0 + t * w)
+        x = torch.where(right, x1 - u * w, x0 + t * w)
         return torch.where(inside, x, y), torch.where(inside, log_det, 0.0)

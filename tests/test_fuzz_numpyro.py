@@ -1,0 +1,207 @@
+"""Property-based (hypothesis) suite over the bijections and recipes of the JAX backend.
+
+The cases are those of the parity suite (tests/test_parity.py): each is built in torch,
+moved off its identity initialisation by a random perturbation, and copied into JAX in
+float32 with ``get_params`` / ``set_params`` (and the rounded weights copied back into the
+float64 torch twin, so that both hold one map). JAX then maps inputs of magnitude 1e-6 to
+1e6 of both signs, batch shape ``(2, 3)``, in both directions, and asserts what
+tests/test_fuzz_pyro.py asserts: finite outputs, log-dets and gradients (input and every
+parameter), and round trips within the conditioning-aware bound, whose float64 Jacobians
+the torch twin computes. One compiled function per case runs every example.
+
+The float64 numerics of the two backends are the same maths (the parity suite compares them
+to 1e-8) and the torch fuzz runs them in float64, so the JAX fuzz runs float32, where the
+JAX-specific hazards (``jnp.where`` / ``jnp.clip`` gradients, dtype promotion) show; the
+spline property at the bound runs both dtypes. ``HYPOTHESIS_PROFILE=fuzz`` searches deeply.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from test_fuzz_pyro import assert_round_trip, magnitudes, unit_values
+from test_parity import ALL, Case, build_torch
+
+import pyroflows.numpyro as pfj
+import pyroflows.pyro as pf
+
+pytestmark = pytest.mark.usefixtures("float64", "jax_fast_compile")
+
+# one case per kind of bijection and recipe (the parity suite holds a few more variants)
+CASES = [
+    c
+    for c in ALL
+    if c.id
+    in {
+        "NICE-ctx0",
+        "RealNVP-ctx2",
+        "NSF-autoregressive-bins4-ctx0",
+        "NSF-coupling-bins4-ctx2",
+        "MAF-ctx2",
+        "IAF-ctx0",
+        "Coupling-affine-odd-mask",
+        "Coupling-additive-odd-mask",
+        "MA-spline-order-maf-ctx2-gelu",
+        "ActNorm",
+        "LULinear",
+        "Permute-LULinear",
+        "Reverse-Scale",
+        "Logit",
+        "Invert-MA-spline-ctx2",
+        "Chain-ctx2",
+    }
+]
+BATCH = (2, 3)
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+@st.composite
+def examples(draw, case: Case):
+    shape = BATCH + (case.features,)
+    x = draw(magnitudes(shape))
+    y = draw((unit_values if case.unit_data else magnitudes)(shape))
+    context = draw(magnitudes(BATCH + (case.context,))) if case.context else None
+    seed = draw(st.integers(0, 2**16))
+    scale = draw(st.sampled_from([0.3, 1.0]))
+    return x, y, context, seed, scale
+
+
+def _twins(case: Case, seed: int, scale: float) -> tuple[pfj.Bijection, pf.Bijection]:
+    """The case in JAX (float32) and in torch (float64), holding the same weights."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        flow = build_torch(case)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for m in flow.modules():
+                if isinstance(m, pf.ActNorm):
+                    m.initialize(2.0 + 3.0 * torch.randn(64, m.features, generator=generator))
+            for p in flow.parameters():
+                p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    jax_flow = pfj.set_params(_float32(build_jax_f32(case)), pf.get_params(flow))
+    pf.set_params(flow, pfj.get_params(jax_flow))  # the float32-rounded weights
+    return pfj.Chain(jax_flow.transforms), pf.Chain(list(flow.transforms))
+
+
+def build_jax_f32(case: Case) -> pfj.Flow:
+    keys = iter(jax.random.split(jax.random.key(0), 8))
+    return case.make(pfj, lambda: {"key": next(keys)})
+
+
+def _float32(tree):
+    return jax.tree_util.tree_map(
+        lambda leaf: leaf.astype(jnp.float32) if eqx.is_inexact_array(leaf) else leaf, tree
+    )
+
+
+@eqx.filter_jit
+def _run(bijection: pfj.Bijection, x, y, context):
+    """Both directions, their round trips, and the gradients, in one compiled call."""
+    fy, fld = bijection.forward_and_log_det(x, context)
+    fx, _ = bijection.inverse_and_log_det(fy, context)
+    ix, ild = bijection.inverse_and_log_det(y, context)
+    iy, _ = bijection.forward_and_log_det(ix, context)
+
+    def total(b, v):
+        out, log_det = b.forward_and_log_det(v, context)
+        return out.sum() + log_det.sum()
+
+    grads = eqx.filter_grad(total)(bijection, x)
+    grad_x = jax.grad(lambda v: total(bijection, v))(x)
+    return fy, fld, fx, ix, ild, iy, grads, grad_x
+
+
+def _edge(case: Case, t64: pf.Bijection, y: np.ndarray) -> torch.Tensor:
+    if not case.unit_data:
+        return torch.zeros(y.shape[:-1], dtype=torch.bool)
+    constraint = t64.codomain.base_constraint
+    value = torch.as_tensor(y)
+    return ((value <= constraint.lower_bound) | (value >= constraint.upper_bound)).any(-1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_fuzz_bijection(case):
+    @given(examples(case))
+    def check(example):
+        x, y, context, seed, scale = example
+        bijection, t64 = _twins(case, seed, scale)
+        as32 = lambda v: None if v is None else jnp.asarray(v, jnp.float32)  # noqa: E731
+        out = _run(bijection, as32(x), as32(y), as32(context))
+        fy, fld, fx, ix, ild, iy, grads, grad_x = jax.tree_util.tree_map(np.asarray, out)
+        label = f"seed {seed}, scale {scale}"
+        for name, value in (("forward", fy), ("forward log-det", fld)):
+            assert value.dtype == np.float32 and np.isfinite(value).all(), f"{label}: {name}"
+        for name, value in (("inverse", ix), ("inverse log-det", ild)):
+            assert value.dtype == np.float32 and np.isfinite(value).all(), f"{label}: {name}"
+        leaves = [g for g in jax.tree_util.tree_leaves(grads) if eqx.is_inexact_array(g)]
+        assert all(np.isfinite(g).all() for g in [*leaves, grad_x]), f"{label}: gradients"
+        c64 = None if context is None else torch.as_tensor(np.asarray(as32(context), np.float64))
+        tensor = lambda v: torch.as_tensor(np.asarray(v, np.float64))  # noqa: E731
+        x32, y32 = tensor(as32(x)), tensor(as32(y))
+        forward_edge = _edge(case, t64, fy)
+        assert np.isfinite(fx[~forward_edge.numpy()]).all(), f"{label}: forward round trip"
+        assert np.isfinite(iy).all(), f"{label}: inverse round trip"
+        assert_round_trip(
+            case, t64, x32, tensor(fy), tensor(fx), c64, forward_edge, True, EPS32, label
+        )
+        assert_round_trip(
+            case, t64, y32, tensor(ix), tensor(iy), c64, _edge(case, t64, y), False, EPS32, label
+        )
+
+    check()
+
+
+# ------------------------------------------------------------------------- the spline's bound
+
+
+@pytest.mark.usefixtures("jax_x64")
+@given(
+    st.integers(0, 2**16),
+    st.sampled_from([1.0, 3.0, 10.0]),
+    st.sampled_from([np.float32, np.float64]),
+    st.sampled_from([0.5, 2.5, 5.0]),
+)
+def test_fuzz_spline_at_its_bound(seed, scale, dtype, bound):
+    eps = float(np.finfo(dtype).eps)
+    offsets = np.array([0.0, -1e-6, 1e-6, -eps, eps, -1e-3, 1e-3])
+    points = np.concatenate([bound * (1 + offsets), -bound * (1 + offsets)]).astype(dtype)
+    params = (scale * np.random.default_rng(seed).standard_normal((points.size, 23))).astype(dtype)
+    out = _spline_values(bound, jnp.asarray(points), jnp.asarray(params))
+    outside = np.abs(points) > bound
+    near = ~outside & (np.abs(np.abs(points) - bound) <= 1e-6 * bound + 2 * eps * bound)
+    at = np.abs(points) == bound
+    for value, log_det, grad in np.asarray(out).reshape(2, 3, -1):
+        assert np.isfinite(value).all() and np.isfinite(log_det).all() and np.isfinite(grad).all()
+        np.testing.assert_array_equal(value[outside], points[outside])  # the identity
+        assert (log_det[outside] == 0).all() and (grad[outside] == 1).all()
+        np.testing.assert_allclose(value[near], points[near], rtol=0, atol=1e-4 * bound)
+        np.testing.assert_allclose(grad[at], 1.0, rtol=0, atol=1e-2)  # the end slope
+
+
+def _spline_values(bound: float, points, params):
+    return _spline_jit(bound)(points, params)
+
+
+_COMPILED: dict = {}
+
+
+def _spline_jit(bound: float):
+    if bound not in _COMPILED:
+        spline = pfj.SplineTransformer(bins=8, bound=bound)
+
+        def values(points, params):
+            rows = []
+            for step in (spline.forward, spline.inverse):
+                value, log_det = step(points, params)
+                grad = jax.grad(lambda v, step=step: step(v, params)[0].sum())(points)
+                rows.append(jnp.stack([value, log_det, grad]))
+            return jnp.stack(rows)
+
+        _COMPILED[bound] = jax.jit(values)
+    return _COMPILED[bound]
