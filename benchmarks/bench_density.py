@@ -123,6 +123,7 @@ class Protocol:
     patience: int = 30
     max_epochs: int = 1000
     clip_grad: float = 5.0
+    affine_bound: float | None = None  # pyroflows MAF / RealNVP ``bound=``; None: default
 
 
 @dataclass(frozen=True)
@@ -141,14 +142,30 @@ class Split:
 
 @dataclass
 class Result:
-    """What one training run gives."""
+    """What one training run gives (NLLs in nats per dimension)."""
 
     test_nll: float
+    test_nll_median: float
+    test_nll_max: float
     val_nll: float
     best_epoch: int
     epochs: int
     seconds: float
     params: int
+
+
+def _test_scores(log_prob: np.ndarray, features: int) -> dict[str, float]:
+    """Mean, median and largest test NLL per dimension from the per-point log-densities.
+
+    The mean is the score; the median and the maximum show when a few test points far
+    outside the training data dominate it (affine flows can give such points huge NLLs).
+    """
+    nll = -np.asarray(log_prob, dtype=np.float64) / features
+    return {
+        "test_nll": float(nll.mean()),
+        "test_nll_median": float(np.median(nll)),
+        "test_nll_max": float(nll.max()),
+    }
 
 
 # ------------------------------------------------------------------------------------ data
@@ -230,10 +247,11 @@ def _recipe_call(module: Any, recipe: str, features: int, p: Protocol, order: st
         return lambda **kw: module.NSF(
             features, bins=p.bins, bound=p.bound, mode="coupling", **kwargs, **kw
         )
+    affine = {} if p.affine_bound is None else {"bound": p.affine_bound}
     if recipe == "maf":
-        return lambda **kw: module.MAF(features, **kwargs, **kw)
+        return lambda **kw: module.MAF(features, **kwargs, **affine, **kw)
     if recipe == "realnvp":
-        return lambda **kw: module.RealNVP(features, **kwargs, **kw)
+        return lambda **kw: module.RealNVP(features, **kwargs, **affine, **kw)
     raise ValueError(f"unknown recipe {recipe!r}")
 
 
@@ -259,10 +277,10 @@ def run_pyroflows_torch(split: Split, recipe: str, seed: int, p: Protocol, order
     )
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        test = -flow().log_prob(torch.as_tensor(split.test)).mean().item()
+        log_prob = flow().log_prob(torch.as_tensor(split.test)).numpy()
     best = history["best_epoch"]
     return Result(
-        test_nll=test / split.features,
+        **_test_scores(log_prob, split.features),
         val_nll=history["validation"][best] / split.features,
         best_epoch=best,
         epochs=len(history["train"]),
@@ -293,11 +311,11 @@ def run_pyroflows_jax(split: Split, recipe: str, seed: int, p: Protocol, order: 
         progress=False,
     )
     seconds = time.perf_counter() - start
-    test = -float(flow().log_prob(jnp.asarray(split.test)).mean())
+    log_prob = np.asarray(flow().log_prob(jnp.asarray(split.test)))
     best = history["best_epoch"]
     leaves = jax.tree_util.tree_leaves(eqx.filter(flow.transforms, eqx.is_inexact_array))
     return Result(
-        test_nll=test / split.features,
+        **_test_scores(log_prob, split.features),
         val_nll=history["validation"][best] / split.features,
         best_epoch=best,
         epochs=len(history["train"]),
@@ -366,9 +384,9 @@ def run_zuko(split: Split, recipe: str, seed: int, p: Protocol, random: bool = F
     seconds = time.perf_counter() - start
     flow.load_state_dict(best_state)
     with torch.no_grad():
-        test_nll = -flow().log_prob(test).mean().item()
+        log_prob = flow().log_prob(test).numpy()
     return Result(
-        test_nll=test_nll / split.features,
+        **_test_scores(log_prob, split.features),
         val_nll=stopper.best / split.features,
         best_epoch=stopper.best_epoch,
         epochs=epochs,
@@ -447,10 +465,10 @@ def run_flowjax(split: Split, recipe: str, seed: int, p: Protocol) -> Result:
         if stop:
             break
     seconds = time.perf_counter() - start
-    test_nll = float(evaluate(best_params, test))
+    log_prob = np.asarray(paramax.unwrap(eqx.combine(best_params, static)).log_prob(test))
     leaves = jax.tree_util.tree_leaves(params)
     return Result(
-        test_nll=test_nll / split.features,
+        **_test_scores(log_prob, split.features),
         val_nll=stopper.best / split.features,
         best_epoch=stopper.best_epoch,
         epochs=epochs,
@@ -526,54 +544,90 @@ def _column(record: dict) -> str:
     return lib if variant == "default" else f"{lib} ({variant})"
 
 
+def _column_rank(column: str) -> tuple:
+    library, _, variant = column.partition(" (")
+    rank = LIBRARIES.index(library) if library in LIBRARIES else len(LIBRARIES)
+    return rank, variant != "alternate)", variant
+
+
+def _cell(records: list[dict], key: str) -> tuple[str, float | None]:
+    """``**mean** (per-seed values)`` of ``key`` over one cell's seeds, and the mean."""
+    rs = sorted(records, key=lambda r: r["seed"])
+    values = [r.get(key) for r in rs]
+    mean = statistics.fmean(values) if all(v is not None for v in values) else None
+    n = "" if len(rs) == 3 else f"; n={len(rs)}"
+    return f"**{_fmt(mean)}** ({', '.join(_fmt(v) for v in values)}{n})", mean
+
+
+def _recipe_table(records: list[dict], key: str) -> list[str]:
+    """Rows data sets (and their mean), columns libraries, cells ``key`` over the seeds."""
+    cols = sorted({_column(r) for r in records}, key=_column_rank)
+    lines = ["| data set | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    means: dict[str, list[float | None]] = {c: [] for c in cols}
+    for dataset in DATASETS:
+        cells = []
+        for col in cols:
+            rs = [r for r in records if r["dataset"] == dataset and _column(r) == col]
+            text, mean = _cell(rs, key) if rs else ("", None)
+            cells.append(text)
+            means[col].append(mean)
+        if any(cells):
+            lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    overall = [
+        _fmt(statistics.fmean(m)) if m and all(v is not None for v in m) else ""
+        for m in means.values()
+    ]
+    return [*lines, "| mean of the data sets | " + " | ".join(overall) + " |", ""]
+
+
 def table(records: list[dict]) -> str:
-    """Markdown tables of the records: one per recipe, rows data sets, columns libraries."""
+    """Markdown tables of the records: per recipe, rows data sets, columns libraries."""
     lines = [
         "# Density benchmark: held-out NLL (nats per dimension, lower is better)",
         "",
         "Written by `benchmarks/bench_density.py` (protocol in its docstring and in",
-        "`benchmarks/README.md`). Each cell: mean over the seeds, then the per-seed values",
-        "(seeds in increasing order); `n=` is the number of seeds where it is not 3.",
+        "`benchmarks/README.md`). Each cell: mean over the seeds in bold, then the per-seed",
+        "values (seeds in increasing order; `n=` where there are not 3). pyroflows columns:",
+        "`(alternate)` is the recipes' structure before `order='random'` became their default",
+        "(measured with that code; `order='alternate'` builds the same flows), `(random)` the",
+        "new default. `zuko` is zuko's default (alternating orders and masks), `zuko-random`",
+        "its `randperm=True` / `randmask=True`; `flowjax` is FlowJAX's default (a random",
+        "permutation after each layer). The last row of each table is the mean of the three",
+        "data sets' means.",
+        "",
+        "## Mean test NLL (the score)",
         "",
     ]
-    columns = sorted({_column(r) for r in records})
     for recipe in RECIPES:
         subset = [r for r in records if r["recipe"] == recipe]
-        if not subset:
-            continue
-        cols = [c for c in columns if any(_column(r) == c for r in subset)]
-        lines += [f"## {recipe}", "", "| data set | " + " | ".join(cols) + " |"]
-        lines.append("|---|" + "---:|" * len(cols))
-        for dataset in DATASETS:
-            cells = []
-            for col in cols:
-                rs = sorted(
-                    (r for r in subset if r["dataset"] == dataset and _column(r) == col),
-                    key=lambda r: r["seed"],
-                )
-                if not rs:
-                    cells.append("")
-                    continue
-                values = [r["test_nll"] for r in rs]
-                ok = all(v is not None for v in values)
-                mean = statistics.fmean(values) if ok else None
-                per = ", ".join(_fmt(v) for v in values)
-                n = "" if len(rs) == 3 else f"; n={len(rs)}"
-                cells.append(f"**{_fmt(mean)}** ({per}{n})")
-            if any(cells):
-                lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
-        lines.append("")
+        if subset:
+            lines += [f"### {recipe}", "", *_recipe_table(subset, "test_nll")]
+    lines += [
+        "## Median test NLL (per test point)",
+        "",
+        "The same runs scored by the median over test points of the per-point NLL per",
+        "dimension: insensitive to the few test points far outside the training data that",
+        "dominate some means (the largest per-point NLL of every run is in the table of",
+        "runs below).",
+        "",
+    ]
+    for recipe in RECIPES:
+        subset = [r for r in records if r["recipe"] == recipe]
+        if subset and all("test_nll_median" in r for r in subset):
+            lines += [f"### {recipe}", "", *_recipe_table(subset, "test_nll_median")]
     lines += [
         "## Runs",
         "",
-        "| data set | recipe | library | seed | test | val | best epoch | epochs | s | params |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| data set | recipe | library | seed | test | test median | test max | val | best "
+        "epoch | epochs | s | params |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         seconds = "" if r["seconds"] is None else f"{r['seconds']:.0f}"
         lines.append(
             f"| {r['dataset']} | {r['recipe']} | {_column(r)} | {r['seed']} | "
-            f"{_fmt(r['test_nll'])} | {_fmt(r['val_nll'])} | {r['best_epoch']} | "
+            f"{_fmt(r['test_nll'])} | {_fmt(r.get('test_nll_median'))} | "
+            f"{_fmt(r.get('test_nll_max'))} | {_fmt(r['val_nll'])} | {r['best_epoch']} | "
             f"{r['epochs']} | {seconds} | {r['params']} |"
         )
     return "\n".join(lines) + "\n"
@@ -610,6 +664,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="label of the pyroflows runs in the results (default: the order, or 'default')",
     )
+    parser.add_argument(
+        "--affine-bound",
+        type=float,
+        default=None,
+        help="bound= passed to the pyroflows MAF / RealNVP recipes (default: theirs)",
+    )
     parser.add_argument("--max-epochs", type=int, default=Protocol.max_epochs)
     parser.add_argument("--patience", type=int, default=Protocol.patience)
     parser.add_argument("--out", type=Path, default=HERE / "results_density.json")
@@ -637,10 +697,14 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    protocol = Protocol(max_epochs=args.max_epochs, patience=args.patience)
+    protocol = Protocol(
+        max_epochs=args.max_epochs, patience=args.patience, affine_bound=args.affine_bound
+    )
     rows = None
     if args.quick:
-        protocol = Protocol(transforms=2, hidden=(16, 16), max_epochs=2, patience=1)
+        protocol = Protocol(
+            transforms=2, hidden=(16, 16), max_epochs=2, patience=1, affine_bound=args.affine_bound
+        )
         rows = 200
     versions = _versions()
     done: set[tuple] = set()
@@ -658,7 +722,7 @@ def main(argv: list[str] | None = None) -> None:
                         result = run_one(library, split, recipe, seed, protocol, args.order)
                     except FloatingPointError as error:
                         print(f"  {library} {recipe} {dataset} seed {seed}: {error}", flush=True)
-                        result = Result(math.nan, math.nan, -1, -1, math.nan, -1)
+                        result = Result(*(math.nan,) * 4, -1, -1, math.nan, -1)
                     record = {
                         "dataset": dataset,
                         "library": library,

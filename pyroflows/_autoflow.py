@@ -127,14 +127,18 @@ def recipe_kwargs(name: str, latent_dim: int, user_kwargs: Mapping[str, Any]) ->
     Defaults: ``transforms=3`` and ``hidden=(w, w)`` with ``w = max(32, 4 * latent_dim)``;
     ``"nsf"`` builds spline coupling (``mode="coupling"``), which samples in one pass (the
     autoregressive NSF is MAF-direction and would sample one dimension at a time);
-    ``order="alternate"`` (natural / reversed orders, even / odd masks), the structure the
-    recipes had before their default became ``order="random"``: ``AutoFlow`` keeps building
-    the flows its published posteriordb results were measured with. Pass
-    ``order="random"`` among the flow's keyword arguments for the recipes' new default.
+    ``order="alternate"`` (natural / reversed orders, even / odd masks) and, for the affine
+    recipes (``"iaf"``, ``"maf"``, ``"realnvp"``), ``bound=3.0``: the recipes' defaults
+    before they became ``order="random"`` and ``bound=1.0``, so that ``AutoFlow`` keeps
+    building the flows its published posteriordb results were measured with. Pass
+    ``order="random"`` (and ``bound=1.0``) among the flow's keyword arguments for the
+    recipes' new defaults.
     """
     width = max(32, 4 * latent_dim)
     kwargs = {"transforms": 3, "hidden": (width, width), **user_kwargs}
     kwargs.setdefault("order", "alternate")
+    if name.lower() in ("iaf", "maf", "realnvp"):
+        kwargs.setdefault("bound", 3.0)
     if name.lower() == "nsf":
         kwargs.setdefault("mode", "coupling")
     return kwargs

@@ -8,8 +8,9 @@
 * ``order="alternate"``: the structure of pyroflows 0.1.0 (natural / reversed orders, even /
   odd masks).
 * Both backends build the same structure; the JAX flows still stack their layers.
-* ``AutoFlow`` keeps building the alternating structure (its published results used it),
-  with the same weights as before for the same seed.
+* The affine recipes (MAF, IAF, RealNVP) bound each layer's log-scale by 1 (0.1.0: 3).
+* ``AutoFlow`` keeps building the alternating structure with bound 3 (its published
+  results used them), with the same weights as before for the same seed.
 """
 
 from __future__ import annotations
@@ -150,6 +151,15 @@ def test_two_features_coupling_is_unchanged():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["MAF", "IAF", "RealNVP"])
+def test_affine_recipes_bound_the_log_scale_by_one(name):
+    for flow in (_torch_flow(name), _jax_flow(name)):
+        layers = _torch_layers(flow) if isinstance(flow, pf.Flow) else _jax_layers(flow)
+        assert [layer.transformer.bound for layer in layers] == [1.0] * TRANSFORMS
+    layers = _torch_layers(_torch_flow(name, bound=3.0))
+    assert [layer.transformer.bound for layer in layers] == [3.0] * TRANSFORMS
+
+
 @pytest.mark.parametrize("name", ["MAF", "IAF", "NSF", "RealNVP", "NICE"])
 def test_unknown_order_is_rejected(name):
     with pytest.raises(ValueError, match="order must be one of"):
@@ -163,8 +173,11 @@ def test_unknown_order_is_rejected(name):
 
 def test_recipe_kwargs_default_to_the_old_structure():
     for name in _autoflow.RECIPE_NAMES:
-        assert _autoflow.recipe_kwargs(name, 3, {})["order"] == "alternate"
+        kwargs = _autoflow.recipe_kwargs(name, 3, {})
+        assert kwargs["order"] == "alternate"
+        assert kwargs.get("bound") == (3.0 if name in ("iaf", "maf", "realnvp") else None)
     assert _autoflow.recipe_kwargs("maf", 3, {"order": "random"})["order"] == "random"
+    assert _autoflow.recipe_kwargs("iaf", 3, {"bound": 1.0})["bound"] == 1.0
 
 
 def _pyro_model():
@@ -179,8 +192,9 @@ def _numpyro_model():
 
 @pytest.mark.parametrize("flow", ["iaf", "maf", "nsf", "realnvp", "nice"])
 def test_autoflow_builds_the_same_flows_as_before(flow):
-    """AutoFlow's flows have the alternating structure in both backends, and the torch flow
-    has the weights of the explicit ``order="alternate"`` recipe built from the same seed."""
+    """AutoFlow's flows have the alternating structure (and affine bound 3) in both
+    backends, and the torch flow has the weights of the explicit ``order="alternate"``
+    recipe built from the same seed."""
     d = FEATURES
     options = {"transforms": TRANSFORMS, "hidden": HIDDEN}
     guide = pf.AutoFlow(_pyro_model, flow=flow, **options)
@@ -203,3 +217,5 @@ def test_autoflow_builds_the_same_flows_as_before(flow):
         assert len(layers) == TRANSFORMS
         for i, layer in enumerate(layers):
             np.testing.assert_array_equal(_structure(layer), _expected_alternate(kind, d, i))
+            if flow in ("iaf", "maf", "realnvp"):
+                assert layer.transformer.bound == 3.0
