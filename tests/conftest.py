@@ -7,6 +7,13 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+# Under pytest-xdist (``-n auto``, the README's test command) every core runs a worker: one
+# thread each for torch (OpenMP) and XLA, so that the workers do not oversubscribe the
+# cores. Set before any test module imports torch or JAX; an explicit setting wins.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+
 # Property-based tests: CI runs a few derandomized examples per test (reproducible, inside the
 # suite's time budget); HYPOTHESIS_PROFILE=fuzz searches deeply (run it before a release).
 settings.register_profile(

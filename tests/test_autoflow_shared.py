@@ -119,9 +119,11 @@ def test_warm_start_without_a_mode_warns_and_keeps_the_start():
 
 
 def test_recipe_kwargs_defaults():
-    assert af.recipe_kwargs("iaf", 3, {}) == {"transforms": 3, "hidden": (32, 32)}
+    assert af.recipe_kwargs("iaf", 3, {}) == {
+        "transforms": 3, "hidden": (32, 32), "order": "alternate", "bound": 3.0,
+    }  # fmt: skip
     assert af.recipe_kwargs("NSF", 20, {"transforms": 5}) == {
-        "transforms": 5, "hidden": (80, 80), "mode": "coupling",
+        "transforms": 5, "hidden": (80, 80), "order": "alternate", "mode": "coupling",
     }  # fmt: skip
     assert af.recipe_kwargs("nsf", 2, {"mode": "autoregressive"})["mode"] == "autoregressive"
 

@@ -8,7 +8,8 @@
 * ``order="alternate"``: the structure of pyroflows 0.1.0 (natural / reversed orders, even /
   odd masks).
 * Both backends build the same structure; the JAX flows still stack their layers.
-* The affine recipes (MAF, IAF, RealNVP) bound each layer's log-scale by 1 (0.1.0: 3).
+* The affine density recipes (MAF, RealNVP) bound each layer's log-scale by 1 (0.1.0: 3);
+  IAF, a guide, keeps 3.
 * ``AutoFlow`` keeps building the alternating structure with bound 3 (its published
   results used them), with the same weights as before for the same seed.
 """
@@ -151,13 +152,13 @@ def test_two_features_coupling_is_unchanged():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["MAF", "IAF", "RealNVP"])
-def test_affine_recipes_bound_the_log_scale_by_one(name):
+@pytest.mark.parametrize("name, default", [("MAF", 1.0), ("IAF", 3.0), ("RealNVP", 1.0)])
+def test_affine_recipes_default_bound(name, default):
     for flow in (_torch_flow(name), _jax_flow(name)):
         layers = _torch_layers(flow) if isinstance(flow, pf.Flow) else _jax_layers(flow)
-        assert [layer.transformer.bound for layer in layers] == [1.0] * TRANSFORMS
-    layers = _torch_layers(_torch_flow(name, bound=3.0))
-    assert [layer.transformer.bound for layer in layers] == [3.0] * TRANSFORMS
+        assert [layer.transformer.bound for layer in layers] == [default] * TRANSFORMS
+    layers = _torch_layers(_torch_flow(name, bound=2.0))
+    assert [layer.transformer.bound for layer in layers] == [2.0] * TRANSFORMS
 
 
 @pytest.mark.parametrize("name", ["MAF", "IAF", "NSF", "RealNVP", "NICE"])
@@ -219,3 +220,20 @@ def test_autoflow_builds_the_same_flows_as_before(flow):
             np.testing.assert_array_equal(_structure(layer), _expected_alternate(kind, d, i))
             if flow in ("iaf", "maf", "realnvp"):
                 assert layer.transformer.bound == 3.0
+
+
+def test_amortized_iaf_keeps_the_alternating_orders():
+    """AmortizedIAF builds its published structure (``order="alternate"``) in both backends
+    unless asked for another."""
+    torch_iaf = pf.AmortizedIAF(FEATURES, 2, transforms=TRANSFORMS, hidden=HIDDEN)
+    jax_iaf = pfj.AmortizedIAF(FEATURES, 2, TRANSFORMS, HIDDEN, key=jax.random.key(0))
+    for layers in (_torch_layers(torch_iaf.flow), _jax_layers(jax_iaf.flow)):
+        assert len(layers) == TRANSFORMS
+        for i, layer in enumerate(layers):
+            expected = _expected_alternate("autoregressive", FEATURES, i)
+            np.testing.assert_array_equal(_structure(layer), expected)
+    shuffled = pf.AmortizedIAF(FEATURES, 2, TRANSFORMS, HIDDEN, order="random")
+    for i, layer in enumerate(_torch_layers(shuffled.flow)):
+        np.testing.assert_array_equal(
+            _structure(layer), _expected_random("autoregressive", FEATURES, i)
+        )

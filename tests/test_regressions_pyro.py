@@ -248,6 +248,27 @@ def test_numpy_integers_are_sizes():
     layer = pf.MaskedAutoregressive(np.int64(3), np.int64(1), hidden=(np.int64(4),))
     assert layer.features == 3 and type(layer.features) is int
     assert pf.SplineTransformer(bins=np.int64(4)).bins == 4
+    assert len(pf.MAF(np.int64(3), transforms=np.int64(2), hidden=(4,)).transforms) == 2
+
+
+def test_big_draws_without_gradients_go_in_chunks(monkeypatch):
+    import pyroflows.pyro.distributions as module
+
+    flow = _perturb(pf.MAF(3, transforms=2, hidden=(8,)))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        whole = flow().sample((50, 2))
+    monkeypatch.setattr(module, "SAMPLE_CHUNK", 8)  # 4 rows of (2, 3) per chunk
+    calls = []
+    flow.transforms[0].conditioner.register_forward_hook(lambda *args: calls.append(1))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        d = flow()
+        chunked = d.sample((50, 2))
+    assert len(calls) == 13 * 3  # ceil(50 / 4) chunks, features passes each (MAF sampling)
+    torch.testing.assert_close(chunked, whole)
+    with torch.no_grad():
+        torch.testing.assert_close(d.log_prob(chunked), flow().log_prob(chunked.clone()))
 
 
 @pytest.mark.parametrize(

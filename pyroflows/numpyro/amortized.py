@@ -36,6 +36,9 @@ class AmortizedIAF(eqx.Module):
         transforms: Number of IAF layers.
         hidden: Hidden sizes of each layer's MADE.
         bound: Bound on the affine log-scale (as in `IAF`).
+        order: The IAF layers' feature orders, as in `IAF`; default ``"alternate"``
+            (natural and reversed in turn), the structure its published VAE results were
+            measured with (the recipes' default is ``"random"``).
         activation: MADE activation.
         key: PRNG key for the initial weights (keyword only).
 
@@ -59,11 +62,19 @@ class AmortizedIAF(eqx.Module):
         hidden: Sequence[int] = (64, 64),
         *,
         bound: float = 3.0,
+        order: str = "alternate",
         activation: str = "relu",
         key: Array | None = None,
     ) -> None:
         self.flow = IAF(
-            features, context, transforms, hidden, bound=bound, activation=activation, key=key
+            features,
+            context,
+            transforms,
+            hidden,
+            bound=bound,
+            order=order,
+            activation=activation,
+            key=key,
         )
 
     @property

@@ -39,6 +39,9 @@ class AmortizedIAF(nn.Module):
         transforms: Number of IAF layers.
         hidden: Hidden sizes of each layer's MADE.
         bound: Bound on the affine log-scale (as in `IAF`).
+        order: The IAF layers' feature orders, as in `IAF`; default ``"alternate"``
+            (natural and reversed in turn), the structure its published VAE results were
+            measured with (the recipes' default is ``"random"``).
         activation: MADE activation.
 
     Examples:
@@ -60,10 +63,13 @@ class AmortizedIAF(nn.Module):
         hidden: Sequence[int] = (64, 64),
         *,
         bound: float = 3.0,
+        order: str = "alternate",
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        self.flow = IAF(features, context, transforms, hidden, bound=bound, activation=activation)
+        self.flow = IAF(
+            features, context, transforms, hidden, bound=bound, order=order, activation=activation
+        )
         self.features = self.flow.features
         self.context_features = self.flow.context_features
 
