@@ -212,6 +212,17 @@ def assert_round_trip(case, t64, start, end, again, context, edge, forward, eps,
         error_back = (value_back - inputs[bad]).abs()
         still = (error_back > bound_back.nan_to_num(nan=math.inf)).any(-1)
         if still.any():
+            # the conditioners' own rounding: a relative error eps in every weight (what the
+            # rounding of each weighted sum amounts to) moves the result by sum |d/dw| |w|
+            rows_still = bad.nonzero()[still.nonzero()[:, 0], 0]
+            c_still = None if c64 is None else c64[rows_still]
+            weights = _weight_sensitivity(t64, inputs[rows_still], c_still, way)
+            allowed = bound[rows_still] + C * eps * weights
+            off = (error[rows_still] > allowed.nan_to_num(nan=math.inf)).any(-1)
+            still = torch.zeros_like(bad)
+            still[rows_still[off]] = True
+            still = still[bad]
+        if still.any():
             row = int(bad.nonzero()[still.nonzero()[0]])
             direction = ("forward" if forward else "inverse") + f", the way {half}"
             raise AssertionError(
@@ -221,6 +232,21 @@ def assert_round_trip(case, t64, start, end, again, context, edge, forward, eps,
                 f"{None if c64 is None else c64[row].tolist()}, result {results[row].tolist()}, "
                 f"float64 {value[row].tolist()}"
             )
+
+
+def _weight_sensitivity(t64, inputs, context64, forward: bool) -> torch.Tensor:
+    """Per element of the result, ``sum_w |d result / d w| |w|`` over the float64 weights."""
+    step = t64.forward_and_log_det if forward else t64.inverse_and_log_det
+    weights = [w for w in t64.parameters() if w.requires_grad]
+    out = step(inputs, context64)[0]
+    sensitivity = torch.zeros_like(out)
+    for r in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            grads = torch.autograd.grad(
+                out[r, i], weights, retain_graph=True, allow_unused=True, materialize_grads=True
+            )
+            sensitivity[r, i] = sum((g.abs() * w.abs()).sum() for g, w in zip(grads, weights))
+    return sensitivity.detach()
 
 
 def _eps(dtype) -> float:
