@@ -255,6 +255,20 @@ def _recipe_call(module: Any, recipe: str, features: int, p: Protocol, order: st
     raise ValueError(f"unknown recipe {recipe!r}")
 
 
+def _fit_options(split: Split, p: Protocol, seed: int) -> dict[str, Any]:
+    """The keyword arguments of ``pf.fit`` / ``pfj.fit`` for the protocol (both backends)."""
+    return {
+        "epochs": p.max_epochs,
+        "batch_size": p.batch_size,
+        "lr": p.lr,
+        "validation": split.val,
+        "patience": p.patience,
+        "clip_grad": p.clip_grad,
+        "seed": seed,
+        "progress": False,
+    }
+
+
 def run_pyroflows_torch(split: Split, recipe: str, seed: int, p: Protocol, order: str) -> Result:
     import torch
 
@@ -266,14 +280,7 @@ def run_pyroflows_torch(split: Split, recipe: str, seed: int, p: Protocol, order
     history = pf.fit(
         flow,
         split.train,
-        epochs=p.max_epochs,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        validation=split.val,
-        patience=p.patience,
-        clip_grad=p.clip_grad,
-        seed=seed,
-        progress=False,
+        **_fit_options(split, p, seed),
     )
     seconds = time.perf_counter() - start
     with torch.no_grad():
@@ -301,14 +308,7 @@ def run_pyroflows_jax(split: Split, recipe: str, seed: int, p: Protocol, order: 
     flow, history = pfj.fit(
         flow,
         split.train,
-        epochs=p.max_epochs,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        validation=split.val,
-        patience=p.patience,
-        clip_grad=p.clip_grad,
-        seed=seed,
-        progress=False,
+        **_fit_options(split, p, seed),
     )
     seconds = time.perf_counter() - start
     log_prob = np.asarray(flow().log_prob(jnp.asarray(split.test)))

@@ -46,12 +46,16 @@ __all__ = [
 RECIPE_ORDERS = ("random", "alternate")
 
 
+def _check_count(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
 def _check_features(features: int, minimum: int = 1) -> int:
-    if isinstance(features, bool) or not isinstance(features, int | np.integer):
-        raise TypeError(f"features must be an int, got {type(features).__name__}")
-    if features < minimum:
-        raise ValueError(f"features must be >= {minimum}, got {features}")
-    return int(features)
+    return _check_count("features", features, minimum)
 
 
 def half_mask(features: int, flip: bool = False) -> np.ndarray:
@@ -194,14 +198,6 @@ def made_masks(
     outputs = np.repeat(order + 1, params_per_feature)
     masks.append((outputs[:, None] > degrees[-1][None, :]).astype(np.float64))
     return masks
-
-
-def _check_count(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def random_orders(features: int, transforms: int) -> list[np.ndarray]:

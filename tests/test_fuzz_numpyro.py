@@ -26,6 +26,7 @@ import pytest
 import torch
 from hypothesis import given
 from test_fuzz_pyro import assert_round_trip, magnitudes, unit_values
+from test_invariants_pyro import perturb
 from test_parity import ALL, Case, build_torch
 
 import pyroflows.numpyro as pfj
@@ -76,14 +77,7 @@ def _twins(case: Case, seed: int, scale: float) -> tuple[pfj.Bijection, pf.Bijec
     """The case in JAX (float32) and in torch (float64), holding the same weights."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        flow = build_torch(case)
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for m in flow.modules():
-                if isinstance(m, pf.ActNorm):
-                    m.initialize(2.0 + 3.0 * torch.randn(64, m.features, generator=generator))
-            for p in flow.parameters():
-                p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+        flow = perturb(build_torch(case), scale=scale, seed=seed)
     jax_flow = pfj.set_params(_float32(build_jax_f32(case)), pf.get_params(flow))
     pf.set_params(flow, pfj.get_params(jax_flow))  # the float32-rounded weights
     return pfj.Chain(jax_flow.transforms), pf.Chain(list(flow.transforms))

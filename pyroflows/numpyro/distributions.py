@@ -24,6 +24,7 @@ from numpyro.distributions import Distribution, TransformedDistribution, constra
 from numpyro.distributions.batch_util import promote_batch_shape
 from numpyro.distributions.transforms import biject_to
 
+from pyroflows._sampling import chunk_rows
 from pyroflows.numpyro.core import (
     Bijection,
     Chain,
@@ -132,16 +133,6 @@ class Flow(eqx.Module):
 SAMPLE_CHUNK = 2**16
 
 
-def _chunk_rows(z: Array) -> int | None:
-    """Rows of ``z``'s first axis per chunk, or ``None`` when ``z`` is small enough (or a
-    single event) to go through at once."""
-    if z.ndim < 2:
-        return None
-    per_row = max(1, math.prod(z.shape[1:-1]))
-    rows = max(1, SAMPLE_CHUNK // per_row)
-    return rows if rows < z.shape[0] else None
-
-
 class FlowDistribution(TransformedDistribution):
     """The distribution of a flow, a NumPyro ``TransformedDistribution``.
 
@@ -209,7 +200,7 @@ class FlowDistribution(TransformedDistribution):
         self, key: Array, sample_shape: tuple[int, ...] = ()
     ) -> tuple[Array, list]:
         z = self.base_dist.sample(check_key(key, "sample"), sample_shape)
-        rows = _chunk_rows(z)
+        rows = chunk_rows(z.shape, SAMPLE_CHUNK)
         if rows is None:
             x, log_det = self.chain.forward_and_log_det(z, self.context)
         else:  # big draws go through in chunks of the first axis (peak memory of one chunk)

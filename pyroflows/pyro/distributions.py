@@ -19,6 +19,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, Transform, biject_to, constraints
 
+from pyroflows._sampling import chunk_rows
 from pyroflows.pyro.core import (
     Bijection,
     chain_forward,
@@ -231,16 +232,6 @@ class Flow(nn.Module):
 SAMPLE_CHUNK = 2**16
 
 
-def _chunk_rows(z: Tensor) -> int | None:
-    """Rows of ``z``'s first dimension per chunk, or ``None`` when ``z`` is small enough (or
-    a single event) to go through at once."""
-    if z.dim() < 2:
-        return None
-    per_row = max(1, math.prod(z.shape[1:-1]))
-    rows = max(1, SAMPLE_CHUNK // per_row)
-    return rows if rows < z.shape[0] else None
-
-
 class FlowDistribution(TransformedDistribution):
     """The distribution of a flow, a Pyro ``TransformedDistribution``.
 
@@ -315,7 +306,7 @@ class FlowDistribution(TransformedDistribution):
 
     def _forward(self, z: Tensor) -> Tensor:
         check_dtype("the base distribution's sample", z, self._like)
-        rows = _chunk_rows(z)
+        rows = chunk_rows(z.shape, SAMPLE_CHUNK)
         if torch.is_grad_enabled() or rows is None:
             x, log_det = chain_forward(self.bijections, z, self.context)
         else:  # without gradients, big draws go through in chunks (peak memory of one chunk)
