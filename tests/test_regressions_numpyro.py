@@ -55,6 +55,18 @@ def test_spline_inverse_is_finite_at_the_knots_and_the_ends():
         assert np.isfinite(x).all() and np.isfinite(log_det).all()
 
 
+def test_spline_inverse_discriminant_does_not_cancel_in_a_steep_end_bin(jax_x64):
+    spline = pfj.SplineTransformer(bins=2, bound=5.0)
+    params = np.broadcast_to(np.array([[5.0, -5.0, -5.0, 5.0, 0.0]]), (3, 5))
+    y = np.array([5.0, 5.0 - 1e-3, 4.99])
+    p32 = jnp.array(params, jnp.float32)
+    grad = jax.grad(lambda v: spline.inverse(v, p32)[0].sum())(jnp.array(y, jnp.float32))
+    assert abs(float(grad[0]) - 1.0) < 1e-5  # before: 0.94 (the slope at the bound is 1)
+    _, ld32 = spline.inverse(jnp.array(y, jnp.float32), p32)
+    _, ld64 = spline.inverse(jnp.array(y, jnp.float64), jnp.array(params, jnp.float64))
+    assert np.abs(np.asarray(ld32, np.float64) - np.asarray(ld64)).max() < 1e-4
+
+
 # ------------------------------------------------------------- 3. spline gradients
 
 

@@ -77,6 +77,19 @@ def test_spline_inverse_is_finite_at_the_knots_and_the_ends():
         assert torch.isfinite(x).all() and torch.isfinite(log_det).all()
 
 
+def test_spline_inverse_discriminant_does_not_cancel_in_a_steep_end_bin():
+    # the last bin is ~1e4 times steeper than the end derivative 1: b^2 - 4ac cancelled
+    spline = pf.SplineTransformer(bins=2, bound=5.0)
+    params = torch.tensor([[5.0, -5.0, -5.0, 5.0, 0.0]]).expand(3, 5)
+    y = torch.tensor([5.0, 5.0 - 1e-3, 4.99])
+    x32 = y.clone().requires_grad_(True)
+    x, log_det = spline.inverse(x32, params)
+    (grad,) = torch.autograd.grad(x.sum(), x32)
+    assert abs(grad[0].item() - 1.0) < 1e-5  # before: 0.938 (the slope at the bound is 1)
+    _, log_det64 = spline.inverse(y.double(), params.double())
+    assert (log_det.double() - log_det64).abs().max() < 1e-4  # before: 3e-4
+
+
 # ------------------------------------------------------------- 3. spline gradients
 
 

@@ -117,14 +117,14 @@ class SplineTransformer(Transformer):
     """Monotone rational-quadratic spline on ``[-bound, bound]`` with identity tails.
 
     Durkan et al. (2019). Parameters per feature: ``bins`` unnormalised widths, ``bins``
-    unnormalised heights and ``bins - 1`` unnormalised interior derivatives
-    (``3 * bins - 1``); zero parameters give the identity. Same numerics as the torch
-    backend: inputs are clamped into the interval for the inside branch (no NaN far
-    outside; the slope at exactly +-bound is the spline's, 1), the inverse's discriminant is
-    clamped at zero and its root taken in the form that does not cancel, the position inside
-    a bin is clamped to ``[0, 1]`` in value only (finite log-dets and the right gradient at a
-    knot), and points in the identity tails see zero parameters in the spline branch (no NaN
-    gradients from extreme conditioner outputs).
+    unnormalised heights and ``bins - 1`` unnormalised interior derivatives (``3 * bins - 1``);
+    zero parameters give the identity. Same numerics as the torch backend: inputs are clamped
+    into the interval for the inside branch (no NaN far outside; the slope at exactly +-bound is
+    the spline's, 1), the inverse's discriminant is a sum of two nonnegative terms and its root
+    is taken in the form that does not cancel, the position inside a bin is clamped to
+    ``[0, 1]`` in value only (finite log-dets and the right gradient at a knot), and points in the
+    identity tails see zero parameters in the spline branch (no NaN gradients from extreme
+    conditioner outputs).
 
     Args:
         bins: Number of bins.
@@ -218,7 +218,8 @@ class SplineTransformer(Transformer):
         qa = s * (2 * e - h) + d1 * dy - d0 * e
         qb = d0 * e + (2 * s - d1) * dy
         qc = -s * dy
-        root = _safe_sqrt(qb * qb - 4 * qa * qc)
+        # the discriminant qb^2 - 4 qa qc as a sum of two nonnegative terms (as in torch)
+        root = _safe_sqrt((d1 * dy - d0 * e) ** 2 + 4 * s * s * dy * e)
         # t in [0, 1] in the form that does not cancel, and near the right end u = 1 - t
         # from the quadratic in u (as in the torch backend)
         positive = qb >= 0

@@ -137,15 +137,17 @@ class SplineTransformer(Transformer):
     with slope 1: the identity. The derivative at both ends is 1, so the spline joins the
     linear (identity) tails outside ``[-bound, bound]`` smoothly.
 
-    Numerics: the inside branch is evaluated on inputs clamped into the interval, so inputs
-    far outside it give no NaN (and no NaN gradients); the inverse's discriminant is
-    clamped at zero, and its root is taken in the form that does not cancel (the sign of the
-    linear coefficient decides which), so it keeps float32 precision when a knot derivative
-    is much larger than the bin's slope. The position inside a bin, off by rounding at a
-    knot, is clamped to ``[0, 1]`` in value only (the gradient passes as if unclamped), so the
-    log-det stays finite at the knots and the input gradient there is right. Points in the
-    identity tails see zero parameters in the (discarded) spline branch, so extreme
-    conditioner outputs give no NaN gradients there.
+    Numerics: the inside branch is evaluated on inputs clamped into the interval, so inputs far
+    outside it give no NaN (and no NaN gradients); the inverse's discriminant is written as a
+    sum of two nonnegative terms, ``(d1 dy - d0 e)^2 + 4 s^2 dy e`` with ``dy`` and ``e`` the
+    distances to the bin's knots (the textbook ``b^2 - 4ac`` cancels when a bin is much steeper
+    than its end derivatives), and its root is taken in the form that does not cancel (the sign
+    of the linear coefficient decides which), so it keeps float32 precision when a knot
+    derivative is much larger than the bin's slope. The position inside a bin, off by rounding
+    at a knot, is clamped to ``[0, 1]`` in value only (the gradient passes as if unclamped), so
+    the log-det stays finite at the knots and the input gradient there is right. Points in the
+    identity tails see zero parameters in the (discarded) spline branch, so extreme conditioner
+    outputs give no NaN gradients there.
 
     Args:
         bins: Number of bins.
@@ -233,7 +235,9 @@ class SplineTransformer(Transformer):
         qa = s * (2 * e - h) + d1 * dy - d0 * e
         qb = d0 * e + (2 * s - d1) * dy
         qc = -s * dy
-        root = _safe_sqrt(qb * qb - 4 * qa * qc)
+        # the discriminant qb^2 - 4 qa qc, written as a sum of two nonnegative terms (it
+        # cancels badly in that form when a bin is much steeper than its end derivatives)
+        root = _safe_sqrt((d1 * dy - d0 * e) ** 2 + 4 * s * s * dy * e)
         # The root t in [0, 1], written so that nothing cancels: for qb >= 0 as
         # 2 qc / (-qb - root) (both terms negative), else as (root - qb) / (2 qa) (both
         # positive; qa > 0 there). Near the bin's right end u = 1 - t is taken from the same
