@@ -1,18 +1,18 @@
 """Property-based (hypothesis) suite over the bijections and recipes of the JAX backend.
 
-The cases are those of the parity suite (tests/test_parity.py): each is built in torch,
-moved off its identity initialisation by a random perturbation, and copied into JAX in
-float32 with ``get_params`` / ``set_params`` (and the rounded weights copied back into the
-float64 torch twin, so that both hold one map). JAX then maps inputs of magnitude 1e-6 to
-1e6 of both signs, batch shape ``(2, 3)``, in both directions, and asserts what
-tests/test_fuzz_pyro.py asserts: finite outputs, log-dets and gradients (input and every
-parameter), and round trips within the conditioning-aware bound, whose float64 Jacobians
-the torch twin computes. One compiled function per case runs every example.
-
-The float64 numerics of the two backends are the same maths (the parity suite compares them
-to 1e-8) and the torch fuzz runs them in float64, so the JAX fuzz runs float32, where the
-JAX-specific hazards (``jnp.where`` / ``jnp.clip`` gradients, dtype promotion) show; the
-spline property at the bound runs both dtypes. ``HYPOTHESIS_PROFILE=fuzz`` searches deeply.
+The cases are those of the parity suite (tests/test_parity.py), one per kind of bijection and
+recipe: each is built in torch, moved off its identity initialisation by a random
+perturbation, and copied into JAX in float32 or float64 with ``get_params`` / ``set_params``
+(and the rounded weights copied back into the float64 torch twin, so that both hold one map).
+JAX then maps inputs of magnitude 1e-6 to 1e6 of both signs, batch shape ``(2, 3)``, in both
+directions, and asserts what tests/test_fuzz_pyro.py asserts: finite outputs, log-dets and
+gradients (input and every parameter), and round trips within the conditioning-aware bound,
+whose float64 Jacobians the torch twin computes. float32 runs in JAX's default mode (where
+the JAX-specific hazards, ``jnp.where`` / ``jnp.clip`` gradients and dtype promotion, show),
+float64 with ``jax_enable_x64``. One compiled function per case and dtype runs every
+example. The other batch shapes (``()``, ``(0,)``, ``(1,)``) are traced for every case by
+the invariant suite and run in the regression and conformance suites (empty batches).
+``HYPOTHESIS_PROFILE=fuzz`` searches deeply.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ CASES = [
     }
 ]
 BATCH = (2, 3)
-EPS32 = float(np.finfo(np.float32).eps)
 
 
 @st.composite
@@ -73,24 +72,24 @@ def examples(draw, case: Case):
     return x, y, context, seed, scale
 
 
-def _twins(case: Case, seed: int, scale: float) -> tuple[pfj.Bijection, pf.Bijection]:
-    """The case in JAX (float32) and in torch (float64), holding the same weights."""
+def _twins(case: Case, seed: int, scale: float, dtype) -> tuple[pfj.Bijection, pf.Bijection]:
+    """The case in JAX (``dtype``) and in torch (float64), holding the same weights."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         flow = perturb(build_torch(case), scale=scale, seed=seed)
-    jax_flow = pfj.set_params(_float32(build_jax_f32(case)), pf.get_params(flow))
-    pf.set_params(flow, pfj.get_params(jax_flow))  # the float32-rounded weights
+    jax_flow = pfj.set_params(_cast(build_jax(case), dtype), pf.get_params(flow))
+    pf.set_params(flow, pfj.get_params(jax_flow))  # the rounded weights (float32)
     return pfj.Chain(jax_flow.transforms), pf.Chain(list(flow.transforms))
 
 
-def build_jax_f32(case: Case) -> pfj.Flow:
+def build_jax(case: Case) -> pfj.Flow:
     keys = iter(jax.random.split(jax.random.key(0), 8))
     return case.make(pfj, lambda: {"key": next(keys)})
 
 
-def _float32(tree):
+def _cast(tree, dtype):
     return jax.tree_util.tree_map(
-        lambda leaf: leaf.astype(jnp.float32) if eqx.is_inexact_array(leaf) else leaf, tree
+        lambda leaf: leaf.astype(dtype) if eqx.is_inexact_array(leaf) else leaf, tree
     )
 
 
@@ -117,14 +116,14 @@ def _jax_stages(bijection: pfj.Bijection) -> list[pfj.Bijection]:
     return [bijection]
 
 
-def _jax_values(bijection: pfj.Bijection):
-    """``intermediates`` for `assert_round_trip`: the JAX stages run in float32 (the stages
-    of the torch twin, ``_stages``, are the same maps in the same order)."""
+def _jax_values(bijection: pfj.Bijection, dtype):
+    """``intermediates`` for `assert_round_trip`: the JAX stages run in ``dtype`` (the
+    stages of the torch twin, ``_stages``, are the same maps in the same order)."""
     stages = _jax_stages(bijection)
 
     def run(inputs, c64, way):
-        z, values = jnp.asarray(inputs.numpy(), jnp.float32), [inputs]
-        c = None if c64 is None else jnp.asarray(c64.numpy(), jnp.float32)
+        z, values = jnp.asarray(inputs.numpy(), dtype), [inputs]
+        c = None if c64 is None else jnp.asarray(c64.numpy(), dtype)
         for stage in stages if way else reversed(stages):
             step = stage.forward_and_log_det if way else stage.inverse_and_log_det
             z = step(z, c if stage.context_features else None)[0]
@@ -142,35 +141,41 @@ def _edge(case: Case, t64: pf.Bijection, y: np.ndarray) -> torch.Tensor:
     return ((value <= constraint.lower_bound) | (value >= constraint.upper_bound)).any(-1)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_fuzz_bijection(case):
+def test_fuzz_bijection(case, dtype, request):
+    if dtype == "float64":
+        request.getfixturevalue("jax_x64")  # float32 runs in JAX's default mode
+    dtype = np.dtype(dtype)
+    eps = float(np.finfo(dtype).eps)
+
     @given(examples(case))
     def check(example):
         x, y, context, seed, scale = example
-        bijection, t64 = _twins(case, seed, scale)
-        as32 = lambda v: None if v is None else jnp.asarray(v, jnp.float32)  # noqa: E731
-        out = _run(bijection, as32(x), as32(y), as32(context))
+        bijection, t64 = _twins(case, seed, scale, dtype)
+        cast = lambda v: None if v is None else jnp.asarray(v, dtype)  # noqa: E731
+        out = _run(bijection, cast(x), cast(y), cast(context))
         fy, fld, fx, ix, ild, iy, grads, grad_x = jax.tree_util.tree_map(np.asarray, out)
-        label = f"seed {seed}, scale {scale}"
+        label = f"{dtype}, seed {seed}, scale {scale}"
         for name, value in (("forward", fy), ("forward log-det", fld)):
-            assert value.dtype == np.float32 and np.isfinite(value).all(), f"{label}: {name}"
+            assert value.dtype == dtype and np.isfinite(value).all(), f"{label}: {name}"
         for name, value in (("inverse", ix), ("inverse log-det", ild)):
-            assert value.dtype == np.float32 and np.isfinite(value).all(), f"{label}: {name}"
+            assert value.dtype == dtype and np.isfinite(value).all(), f"{label}: {name}"
         leaves = [g for g in jax.tree_util.tree_leaves(grads) if eqx.is_inexact_array(g)]
         assert all(np.isfinite(g).all() for g in [*leaves, grad_x]), f"{label}: gradients"
-        c64 = None if context is None else torch.as_tensor(np.asarray(as32(context), np.float64))
-        tensor = lambda v: torch.as_tensor(np.asarray(v, np.float64))  # noqa: E731
-        x32, y32 = tensor(as32(x)), tensor(as32(y))
+        c64 = None if context is None else torch.as_tensor(np.array(cast(context), np.float64))
+        tensor = lambda v: torch.as_tensor(np.array(v, np.float64))  # noqa: E731
+        x64, y64 = tensor(cast(x)), tensor(cast(y))
         forward_edge = _edge(case, t64, fy)
         assert np.isfinite(fx[~forward_edge.numpy()]).all(), f"{label}: forward round trip"
         assert np.isfinite(iy).all(), f"{label}: inverse round trip"
-        stages = _jax_values(bijection)
+        stages = _jax_values(bijection, dtype)
         assert_round_trip(
-            case, t64, x32, tensor(fy), tensor(fx), c64, forward_edge, True, EPS32, label, stages
+            case, t64, x64, tensor(fy), tensor(fx), c64, forward_edge, True, eps, label, stages
         )
         y_edge = _edge(case, t64, y)
         assert_round_trip(
-            case, t64, y32, tensor(ix), tensor(iy), c64, y_edge, False, EPS32, label, stages
+            case, t64, y64, tensor(ix), tensor(iy), c64, y_edge, False, eps, label, stages
         )
 
     check()

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import constraints
 
 from pyroflows import _checks
 from pyroflows.pyro.core import Bijection
+from pyroflows.pyro.transformers import softplus
 
 __all__ = ["Logit", "dequantize", "bits_per_dim"]
 
@@ -61,7 +61,7 @@ class Logit(Bijection):
         scale = 1 - 2 * self.alpha
         y = (torch.sigmoid(x) - self.alpha) / scale
         # log sigmoid'(x) = -softplus(-x) - softplus(x)
-        log_det = -F.softplus(-x) - F.softplus(x) - math.log(scale)
+        log_det = -softplus(-x) - softplus(x) - math.log(scale)
         return y, log_det.sum(-1)
 
     def inverse_and_log_det(
