@@ -15,12 +15,13 @@ from pyroflows.numpyro.core import Bijection, BijectionTransform, Chain, Invert
 from pyroflows.numpyro.coupling import Coupling
 from pyroflows.numpyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
 from pyroflows.numpyro.distributions import Flow, FlowDistribution
-from pyroflows.numpyro.flows import IAF, MAF, NICE, NSF, RealNVP
+from pyroflows.numpyro.flows import IAF, MAF, NICE, NSF, RealNVP, ResidualFlow
 from pyroflows.numpyro.image import Logit, bits_per_dim, dequantize
 from pyroflows.numpyro.infer import AutoFlow
 from pyroflows.numpyro.linear import ActNorm, LULinear, Permute, Reverse, Scale
-from pyroflows.numpyro.nn import MADE, MLP
+from pyroflows.numpyro.nn import MADE, MLP, refine_lipschitz
 from pyroflows.numpyro.params import get_params, set_params
+from pyroflows.numpyro.residual import ConvergenceError, ResidualBlock, with_key
 from pyroflows.numpyro.train import fit, initialize_actnorm
 from pyroflows.numpyro.transformers import (
     AdditiveTransformer,
@@ -38,6 +39,7 @@ __all__ = [
     "Bijection",
     "BijectionTransform",
     "Chain",
+    "ConvergenceError",
     "Coupling",
     "Flow",
     "FlowDistribution",
@@ -53,6 +55,8 @@ __all__ = [
     "NSF",
     "Permute",
     "RealNVP",
+    "ResidualBlock",
+    "ResidualFlow",
     "Reverse",
     "Scale",
     "SplineTransformer",
@@ -64,6 +68,8 @@ __all__ = [
     "importance_log_weights",
     "initialize_actnorm",
     "psis_diagnostic",
+    "refine_lipschitz",
     "set_params",
     "to_inference_data",
+    "with_key",
 ]

@@ -43,8 +43,9 @@ from pyroflows import _checks, structure
 from pyroflows.numpyro.autoregressive import MaskedAutoregressive
 from pyroflows.numpyro.coupling import Coupling
 from pyroflows.numpyro.distributions import Flow
-from pyroflows.numpyro.linear import Scale
+from pyroflows.numpyro.linear import ActNorm, Scale
 from pyroflows.numpyro.nn import _check_key
+from pyroflows.numpyro.residual import ResidualBlock
 from pyroflows.numpyro.transformers import (
     AdditiveTransformer,
     AffineTransformer,
@@ -52,7 +53,7 @@ from pyroflows.numpyro.transformers import (
     Transformer,
 )
 
-__all__ = ["NICE", "RealNVP", "NSF", "MAF", "IAF"]
+__all__ = ["NICE", "RealNVP", "NSF", "MAF", "IAF", "ResidualFlow"]
 
 
 def _check_transforms(transforms: int) -> int:
@@ -294,3 +295,46 @@ def NICE(  # noqa: N802
         features, context, transforms, hidden, AdditiveTransformer(), activation, order, key
     )
     return Flow([Scale(features), *layers], base)
+
+
+def ResidualFlow(  # noqa: N802
+    features: int,
+    context: int = 0,
+    transforms: int = 5,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    lipschitz: float = 0.9,
+    logdet: str = "unbiased",
+    activation: str = "lipswish",
+    base: Distribution | None = None,
+    key: Array | None = None,
+) -> Flow:
+    """Residual flow: invertible residual blocks with `ActNorm` between them (as
+    `pyroflows.pyro.ResidualFlow`; ``key`` keyword only).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import pyroflows.numpyro as pfj
+        >>> flow = pfj.ResidualFlow(2, transforms=2, hidden=(16,), logdet="exact",
+        ...                         key=jax.random.key(0))
+        >>> flow().log_prob(jnp.zeros((3, 2))).shape
+        (3,)
+    """
+    key = _check_key(key, "ResidualFlow")
+    keys = jax.random.split(key, _check_transforms(transforms))
+    layers: list = []
+    for k in keys:
+        # forward (base -> data) order block, ActNorm: data meets an ActNorm first
+        layers.append(
+            ResidualBlock(
+                features,
+                context,
+                hidden,
+                lipschitz=lipschitz,
+                logdet=logdet,
+                activation=activation,
+                key=k,
+            )
+        )
+        layers.append(ActNorm(features))
+    return Flow(layers, base)

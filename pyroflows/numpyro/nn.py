@@ -1,4 +1,5 @@
-"""Conditioner networks: a plain MLP and a masked MLP (MADE), as equinox modules.
+"""Conditioner networks: a plain MLP, a masked MLP (MADE) and a Lipschitz MLP, as equinox
+modules.
 
 The JAX twin of `pyroflows.pyro.nn`. Linear layers live in ``layers`` (a tuple), so
 parameter paths are ``layers.0.weight``, ``layers.0.bias``, ... with weights stored
@@ -17,7 +18,19 @@ from jax import Array
 
 from pyroflows import _checks, structure
 
-__all__ = ["Linear", "MLP", "MaskedLinear", "MADE", "get_activation"]
+__all__ = [
+    "Linear",
+    "MLP",
+    "MaskedLinear",
+    "MADE",
+    "get_activation",
+    "LipschitzLinear",
+    "LipschitzMLP",
+    "lipswish",
+    "power_iterate",
+    "refine_lipschitz",
+    "LIPSCHITZ_ACTIVATIONS",
+]
 
 _ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -212,3 +225,201 @@ class MADE(eqx.Module):
             x = act(layer(x))
         out = last(x)
         return out.reshape(*out.shape[:-1], self.features, self.params_per_feature)
+
+
+# ------------------------------------------------------------------ Lipschitz networks
+#
+# The JAX twin of the torch backend's Lipschitz networks. `LipschitzLinear` holds ``u`` and
+# ``v``, the power-iteration vectors of its weight (arrays of the module that travel with
+# `get_params`, never trained: they enter the maths through ``stop_gradient``). A module is
+# immutable, so the convention differs from torch's in one point: there is no train / eval
+# switch: every call refines ``u`` and ``v`` from their stored values
+# by power iteration until the spectral-norm estimate settles, and uses the stored ones as
+# they are when they are converged already (a pure function of the weight and the stored
+# vectors: between two optimiser steps every call computes the same map). `refine_lipschitz`
+# stores the refined vectors; `pyroflows.numpyro.fit` calls it after every step, so that the
+# next call starts from converged vectors, and a flow fresh from `fit` or from `set_params`
+# of a torch flow uses its stored vectors, as torch's eval mode does (the two backends then
+# agree to 1e-8).
+
+#: Power iterations: at most this many per refinement, stopping once the estimate of the
+#: spectral norm changes by less than ``POWER_RTOL`` (relative). As in the torch backend.
+POWER_ITERATIONS = 200
+POWER_RTOL = 1e-6
+
+
+def lipswish(x: Array) -> Array:
+    """``x * sigmoid(x) / 1.1``: the swish, scaled to be 1-Lipschitz (Chen et al., 2019)."""
+    return x * jax.nn.sigmoid(x) / 1.1
+
+
+#: The 1-Lipschitz activations a residual block accepts.
+LIPSCHITZ_ACTIVATIONS = {"lipswish": lipswish, "elu": jax.nn.elu, "tanh": jnp.tanh}
+
+
+def _normalize(value: Array, previous: Array) -> Array:
+    norm = jnp.linalg.norm(value)
+    tiny = jnp.finfo(value.dtype).tiny ** 0.5
+    return jnp.where(norm > tiny, value / jnp.maximum(norm, tiny), previous)
+
+
+def power_iterate(weight: Array, u: Array, v: Array, iterations: int = POWER_ITERATIONS):
+    """``(u, v)`` refined by power iteration on ``weight`` (at most ``iterations`` steps,
+    fewer once ``u^T W v`` settles to ``POWER_RTOL``), without gradients. Vectors that are
+    converged already (the first step moves the estimate by less than ``POWER_RTOL``) come
+    back as they are."""
+    weight, u, v = (jax.lax.stop_gradient(a) for a in (weight, u, v))
+    u, v = _normalize(u, u), _normalize(v, v)
+
+    def body(state):
+        i, u, v, sigma, _ = state
+        v = _normalize(weight.T @ u, v)
+        u = _normalize(weight @ v, u)
+        new = u @ (weight @ v)
+        return i + 1, u, v, new, jnp.abs(new - sigma) > POWER_RTOL * jnp.abs(new)
+
+    def cond(state):
+        return (state[0] < iterations) & state[4]
+
+    start = (0, u, v, u @ (weight @ v), jnp.asarray(True))
+    steps, new_u, new_v, _, _ = jax.lax.while_loop(cond, body, start)
+    # settled at the first step: the stored vectors were converged; keep them as they are
+    converged = steps <= 1
+    return jnp.where(converged, u, new_u), jnp.where(converged, v, new_v)
+
+
+class LipschitzLinear(eqx.Module):
+    """A linear layer whose weight is divided by ``max(1, sigma / lipschitz)``, ``sigma`` the
+    power-iteration estimate ``u^T W v`` of its spectral norm.
+
+    Args:
+        in_features: Input size.
+        out_features: Output size.
+        lipschitz: Bound on the spectral norm of the normalised weight.
+        key: Random key (keyword only).
+        zero: Initialise weight and bias at zero.
+    """
+
+    weight: Array
+    bias: Array
+    u: Array
+    v: Array
+    lipschitz: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        lipschitz: float,
+        *,
+        key: Array,
+        zero: bool = False,
+    ) -> None:
+        lkey, ukey, vkey = jax.random.split(key, 3)
+        linear = Linear(in_features, out_features, key=lkey, zero=zero)
+        self.weight, self.bias = linear.weight, linear.bias
+        self.lipschitz = lipschitz
+        u = jax.random.normal(ukey, (out_features,))
+        v = jax.random.normal(vkey, (in_features,))
+        self.u, self.v = power_iterate(self.weight, u, v)
+
+    def vectors(self, refine: bool) -> tuple[Array, Array]:
+        """``(u, v)``: refined from the stored ones when ``refine``, else as stored."""
+        if refine:
+            return power_iterate(self.weight, self.u, self.v)
+        u, v = jax.lax.stop_gradient(self.u), jax.lax.stop_gradient(self.v)
+        return _normalize(u, u), _normalize(v, v)
+
+    def normalized_weight(self, refine: bool) -> Array:
+        u, v = self.vectors(refine)
+        sigma = u @ (self.weight @ v)
+        return self.weight / jnp.maximum(sigma / self.lipschitz, 1.0)
+
+
+class LipschitzMLP(eqx.Module):
+    """An MLP of `LipschitzLinear` layers and a 1-Lipschitz activation (Lipschitz constant at
+    most ``lipschitz ** len(layers)``); the last layer is zero-initialised.
+
+    Args:
+        in_features: Input size.
+        out_features: Output size.
+        hidden: Hidden widths.
+        lipschitz: Bound on each layer's spectral norm, in ``(0, 1)``.
+        activation: ``"lipswish"``, ``"elu"`` or ``"tanh"``.
+        key: Random key (keyword only).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from pyroflows.numpyro.nn import LipschitzMLP
+        >>> net = LipschitzMLP(3, 3, hidden=(16,), lipschitz=0.9, key=jax.random.key(0))
+        >>> net(jnp.ones((2, 3))).shape
+        (2, 3)
+    """
+
+    layers: tuple[LipschitzLinear, ...]
+    activation: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: Sequence[int] = (64, 64),
+        lipschitz: float = 0.9,
+        activation: str = "lipswish",
+        *,
+        key: Array | None = None,
+    ) -> None:
+        key = _check_key(key, "LipschitzMLP")
+        if activation not in LIPSCHITZ_ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(LIPSCHITZ_ACTIVATIONS)} (1-Lipschitz), "
+                f"got {activation!r}"
+            )
+        sizes = [in_features, *_check_hidden(hidden), out_features]
+        keys = jax.random.split(key, len(sizes) - 1)
+        last = len(sizes) - 2
+        self.layers = tuple(
+            LipschitzLinear(a, b, lipschitz, key=k, zero=i == last)
+            for i, (a, b, k) in enumerate(zip(sizes[:-1], sizes[1:], keys, strict=True))
+        )
+        self.activation = activation
+
+    def weights(self, refine: bool = True) -> list[tuple[Array, Array]]:
+        """The normalised ``(weight, bias)`` of every layer."""
+        return [(layer.normalized_weight(refine), layer.bias) for layer in self.layers]
+
+    def apply(self, weights: list[tuple[Array, Array]], x: Array) -> Array:
+        """The network with the given normalised weights at ``x``."""
+        act = LIPSCHITZ_ACTIVATIONS[self.activation]
+        *inner, (w_last, b_last) = weights
+        for w, b in inner:
+            x = act(x @ w.T + b)
+        return x @ w_last.T + b_last
+
+    def refined(self) -> LipschitzMLP:
+        """This network with every layer's ``u`` and ``v`` refined and stored."""
+        layers = []
+        for layer in self.layers:
+            u, v = power_iterate(layer.weight, layer.u, layer.v)
+            layers.append(eqx.tree_at(lambda m: (m.u, m.v), layer, (u, v)))
+        return eqx.tree_at(lambda m: m.layers, self, tuple(layers))
+
+    def __call__(self, x: Array) -> Array:
+        return self.apply(self.weights(), x)
+
+
+def refine_lipschitz(tree):
+    """``tree`` (a flow, a chain, a network) with the power-iteration vectors of every
+    `LipschitzLinear` refined and stored (`pyroflows.numpyro.fit` calls it after each step;
+    call it after the optimiser step of your own loop to save the next calls' iterations)."""
+
+    def refine(leaf):
+        if not isinstance(leaf, LipschitzLinear):
+            return leaf
+        if leaf.weight.ndim == 3:  # stacked layers (`pyroflows.numpyro.Stack`)
+            u, v = jax.vmap(power_iterate)(leaf.weight, leaf.u, leaf.v)
+        else:
+            u, v = power_iterate(leaf.weight, leaf.u, leaf.v)
+        return eqx.tree_at(lambda m: (m.u, m.v), leaf, (u, v))
+
+    return jax.tree_util.tree_map(refine, tree, is_leaf=lambda x: isinstance(x, LipschitzLinear))

@@ -36,7 +36,9 @@ from pyroflows._train import (
 from pyroflows.numpyro.core import Bijection, Chain, Invert, Stack, _member_context
 from pyroflows.numpyro.distributions import Flow, _float_dtype
 from pyroflows.numpyro.linear import ActNorm
+from pyroflows.numpyro.nn import refine_lipschitz
 from pyroflows.numpyro.params import _name
+from pyroflows.numpyro.residual import with_key
 
 __all__ = ["fit", "initialize_actnorm"]
 
@@ -429,16 +431,23 @@ def fit(
             )
             tracker = Tracker.from_state(state, options.patience)
 
-    def nll(p, x, c):
-        return -eqx.combine(p, static)(c).log_prob(x).mean()
+    # residual blocks: fresh keys for their stochastic log-dets every step (from the seed
+    # and the step's number, so a resumed run draws what an uninterrupted one does), and
+    # their power-iteration vectors refined and stored after every step
+    base_key = jax.random.key(options.seed)
+
+    def nll(p, x, c, key):
+        return -with_key(eqx.combine(p, static), key)(c).log_prob(x).mean()
 
     @jax.jit
-    def step(p, state, x, c):
-        loss, grads = jax.value_and_grad(nll)(p, x, c)
+    def step(p, state, x, c, key):
+        loss, grads = jax.value_and_grad(nll)(p, x, c, key)
         updates, state = optimizer.update(grads, state, p)
-        return optax.apply_updates(p, updates), state, loss
+        return refine_lipschitz(optax.apply_updates(p, updates)), state, loss
 
     evaluate = jax.jit(nll)
+    validation_key = jax.random.fold_in(base_key, -1 % 2**31)
+    batches = -(-n // options.batch_size)
     start = tracker.epochs_done
     bar = tqdm(
         range(start, options.epochs if not tracker.stopped else start),
@@ -454,7 +463,8 @@ def fit(
         for begin in range(0, n, options.batch_size):
             idx = order[begin : begin + options.batch_size]
             c = None if train_context is None else train_context[idx]
-            params, opt_state, loss = step(params, opt_state, train_data[idx], c)
+            key = jax.random.fold_in(base_key, epoch * batches + begin // options.batch_size)
+            params, opt_state, loss = step(params, opt_state, train_data[idx], c, key)
             loss = float(loss)
             if not math.isfinite(loss):
                 raise FloatingPointError(
@@ -465,7 +475,8 @@ def fit(
             total += loss * idx.size
         val = None
         if val_data is not None:
-            val = _validation_loss(partial(evaluate, params), val_data, val_context)
+            score = partial(evaluate, params, key=validation_key)
+            val = _validation_loss(score, val_data, val_context)
             if not math.isfinite(val):
                 raise FloatingPointError(
                     f"the validation loss became non-finite ({val}) at epoch {epoch}; lower lr "

@@ -41,7 +41,8 @@ from pyroflows import _checks, structure
 from pyroflows.pyro.autoregressive import MaskedAutoregressive
 from pyroflows.pyro.coupling import Coupling
 from pyroflows.pyro.distributions import Flow
-from pyroflows.pyro.linear import Scale
+from pyroflows.pyro.linear import ActNorm, Scale
+from pyroflows.pyro.residual import ResidualBlock
 from pyroflows.pyro.transformers import (
     AdditiveTransformer,
     AffineTransformer,
@@ -49,7 +50,7 @@ from pyroflows.pyro.transformers import (
     Transformer,
 )
 
-__all__ = ["NICE", "RealNVP", "NSF", "MAF", "IAF"]
+__all__ = ["NICE", "RealNVP", "NSF", "MAF", "IAF", "ResidualFlow"]
 
 
 def _check_transforms(transforms: int) -> int:
@@ -269,3 +270,59 @@ def NICE(  # noqa: N802
         features, context, transforms, hidden, AdditiveTransformer(), activation, order
     )
     return Flow([Scale(features), *layers], base)
+
+
+def ResidualFlow(  # noqa: N802
+    features: int,
+    context: int = 0,
+    transforms: int = 5,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    lipschitz: float = 0.9,
+    logdet: str = "unbiased",
+    activation: str = "lipswish",
+    base: Distribution | None = None,
+) -> Flow:
+    """Residual flow (Behrmann et al., 2019; Chen et al., 2019): invertible residual blocks
+    with `ActNorm` between them.
+
+    The blocks' explicit direction is data -> base, so ``log_prob`` is one pass (with a
+    stochastic log-det for ``logdet="unbiased"`` or ``"series"``) and sampling inverts each
+    block by fixed-point iteration. In the data -> base direction an ``ActNorm`` comes before
+    every block (data-initialised by `fit` and on the first ``log_prob`` in training mode). For
+    exact scores of a flow trained with a stochastic log-det, copy its parameters into an
+    ``logdet="exact"`` flow of the same structure with `get_params` / `set_params` (small
+    ``features``).
+
+    Args:
+        features: Event size.
+        context: Context size (0 for an unconditional flow).
+        transforms: Number of residual blocks.
+        hidden: Hidden widths of each block's network.
+        lipschitz: Bound on the spectral norm of each layer of a block, in ``(0, 1)``.
+        logdet: ``"unbiased"`` (training default), ``"series"`` or ``"exact"``.
+        activation: ``"lipswish"``, ``"elu"`` or ``"tanh"``.
+        base: Base distribution (default standard normal).
+
+    Examples:
+        >>> import torch
+        >>> import pyroflows.pyro as pf
+        >>> flow = pf.ResidualFlow(2, transforms=2, hidden=(16,), logdet="exact")
+        >>> flow().log_prob(torch.randn(3, 2)).shape
+        torch.Size([3])
+    """
+    layers: list = []
+    for _ in range(_check_transforms(transforms)):
+        # forward (base -> data) order block, ActNorm: data meets an ActNorm first
+        layers.append(
+            ResidualBlock(
+                features,
+                context,
+                hidden,
+                lipschitz=lipschitz,
+                logdet=logdet,
+                activation=activation,
+            )
+        )
+        layers.append(ActNorm(features))
+    return Flow(layers, base)

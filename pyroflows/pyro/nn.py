@@ -1,4 +1,4 @@
-"""Conditioner networks: a plain MLP and a masked MLP (MADE).
+"""Conditioner networks: a plain MLP, a masked MLP (MADE) and a Lipschitz MLP.
 
 Both keep their linear layers in ``self.layers`` (an ``nn.ModuleList``), so parameter
 names are ``layers.0.weight``, ``layers.0.bias``, ... in both backends, with weights stored
@@ -17,7 +17,16 @@ from torch import Tensor, nn
 
 from pyroflows import _checks, structure
 
-__all__ = ["MLP", "MaskedLinear", "MADE", "get_activation"]
+__all__ = [
+    "MLP",
+    "MaskedLinear",
+    "MADE",
+    "get_activation",
+    "LipschitzLinear",
+    "LipschitzMLP",
+    "lipswish",
+    "LIPSCHITZ_ACTIVATIONS",
+]
 
 _ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "tanh": torch.tanh, "gelu": F.gelu, "silu": F.silu}
 
@@ -143,3 +152,163 @@ class MADE(nn.Module):
             x = self._act(layer(x))
         out = last(x)
         return out.unflatten(-1, (self.features, self.params_per_feature))
+
+
+# ------------------------------------------------------------------ Lipschitz networks
+#
+# For residual flows: `LipschitzLinear` keeps the spectral norm of its weight below a
+# coefficient by power iteration on persistent vectors ``u`` and ``v`` (buffers that travel with
+# `get_params`, so the other backend and every log-det mode see the same normalised weights). In
+# training mode each call first refines ``u`` and ``v`` from their last values (until the
+# estimate settles: a few iterations when the weights moved little), so the bound holds after
+# every optimiser step without the user calling anything; in eval mode the stored vectors are
+# used as they are. The refinement runs only when the weight has changed since the last one
+# (torch's version counter of the tensor, which every in-place update such as an optimiser step
+# bumps), so between two steps every call computes the same map: a sample and its score, a round
+# trip, a Jacobian all see one set of normalised weights. The normalised weights are computed
+# once per call of the owner (`LipschitzMLP.weights`); the network is then a pure function of
+# them (`LipschitzMLP.apply`), which the log-det estimators and the fixed-point inverse evaluate
+# many times. Power iteration approaches the spectral norm from below; when a large step makes
+# the top two singular values nearly equal, the warm-started vectors can settle near the second
+# one, short of the norm by at most the gap between the two (1.4% seen after Adam steps at lr
+# 0.1): a network of several layers is still far inside its bound (``lipschitz ** layers``).
+
+#: Power iterations: at most this many per refinement (at construction from random vectors,
+#: in training mode after each change of the weight, from the last vectors), stopping once
+#: the estimate of the spectral norm changes by less than ``POWER_RTOL`` (relative).
+POWER_ITERATIONS = 200
+POWER_RTOL = 1e-6
+
+
+def lipswish(x: Tensor) -> Tensor:
+    """``x * sigmoid(x) / 1.1``: the swish, scaled to be 1-Lipschitz (Chen et al., 2019)."""
+    return x * torch.sigmoid(x) / 1.1
+
+
+#: The 1-Lipschitz activations a residual block accepts.
+LIPSCHITZ_ACTIVATIONS = {"lipswish": lipswish, "elu": F.elu, "tanh": torch.tanh}
+
+
+def _normalize(value: Tensor, previous: Tensor) -> Tensor:
+    """``value / |value|``, or ``previous`` where ``value`` is (numerically) zero (a zeroed
+    layer must not lose its power-iteration vectors)."""
+    norm = value.norm()
+    tiny = torch.finfo(value.dtype).tiny ** 0.5
+    return torch.where(norm > tiny, value / norm.clamp_min(tiny), previous)
+
+
+class LipschitzLinear(nn.Linear):
+    """A linear layer whose weight is divided by ``max(1, sigma / lipschitz)``.
+
+    ``sigma = u^T W v`` estimates the spectral norm of ``W`` by power iteration on the buffers
+    ``u`` ``(out,)`` and ``v`` ``(in,)``.
+
+    Args:
+        in_features: Input size.
+        out_features: Output size.
+        lipschitz: Bound on the spectral norm of the normalised weight.
+    """
+
+    state_buffers = ("u", "v")
+
+    def __init__(self, in_features: int, out_features: int, lipschitz: float) -> None:
+        super().__init__(in_features, out_features)
+        self.lipschitz = lipschitz
+        u = torch.randn(out_features)
+        v = torch.randn(in_features)
+        self.register_buffer("u", u / u.norm())
+        self.register_buffer("v", v / v.norm())
+        self._refined_at = -1  # the weight's version at the last refinement
+        self.power_iterate()
+
+    @torch.no_grad()
+    def power_iterate(self, iterations: int = POWER_ITERATIONS) -> None:
+        """Refine ``u`` and ``v`` in place by power iteration: at most ``iterations`` steps,
+        fewer once the spectral-norm estimate ``u^T W v`` settles (``POWER_RTOL``)."""
+        weight, u, v = self.weight.detach(), self.u, self.v
+        sigma = torch.dot(u, weight @ v)
+        for _ in range(iterations):
+            v = _normalize(weight.t() @ u, v)
+            u = _normalize(weight @ v, u)
+            previous, sigma = sigma, torch.dot(u, weight @ v)
+            if bool((sigma - previous).abs() <= POWER_RTOL * sigma.abs()):
+                break
+        self.u.copy_(u)
+        self.v.copy_(v)
+        self.mark_refined()
+
+    def mark_refined(self) -> None:
+        """Take ``u`` and ``v`` as refined for the current weight (`set_params` calls it, so
+        loaded vectors are used as they are until the weight changes)."""
+        self._refined_at = self.weight._version
+
+    def normalized_weight(self) -> Tensor:
+        """The weight divided by ``max(1, sigma / lipschitz)`` (in training mode, ``u`` and
+        ``v`` refined first if the weight changed since their last refinement)."""
+        if self.training and self.weight._version != self._refined_at:
+            self.power_iterate()
+        # copies: a later call refines u and v in place while this graph may still be alive
+        sigma = torch.dot(self.u.clone(), self.weight @ self.v.clone())
+        return self.weight / torch.clamp(sigma / self.lipschitz, min=1.0)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", lipschitz={self.lipschitz}"
+
+
+class LipschitzMLP(nn.Module):
+    """An MLP of `LipschitzLinear` layers and a 1-Lipschitz activation.
+
+    Its Lipschitz constant is at most ``lipschitz ** len(layers)``. The last layer is
+    zero-initialised, so a fresh network outputs zeros.
+
+    Args:
+        in_features: Input size.
+        out_features: Output size.
+        hidden: Hidden widths.
+        lipschitz: Bound on each layer's spectral norm, in ``(0, 1)``.
+        activation: ``"lipswish"``, ``"elu"`` or ``"tanh"``.
+
+    Examples:
+        >>> import torch
+        >>> from pyroflows.pyro.nn import LipschitzMLP
+        >>> net = LipschitzMLP(3, 3, hidden=(16,), lipschitz=0.9)
+        >>> net(torch.ones(2, 3)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: Sequence[int] = (64, 64),
+        lipschitz: float = 0.9,
+        activation: str = "lipswish",
+    ) -> None:
+        super().__init__()
+        if activation not in LIPSCHITZ_ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(LIPSCHITZ_ACTIVATIONS)} (1-Lipschitz), "
+                f"got {activation!r}"
+            )
+        sizes = [in_features, *_checks.check_hidden(hidden), out_features]
+        self.layers = nn.ModuleList(
+            LipschitzLinear(a, b, lipschitz) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        self.activation = activation
+        self._act = LIPSCHITZ_ACTIVATIONS[activation]
+        nn.init.zeros_(self.layers[-1].weight)
+        nn.init.zeros_(self.layers[-1].bias)
+
+    def weights(self) -> list[tuple[Tensor, Tensor]]:
+        """The normalised ``(weight, bias)`` of every layer (refined first in training mode)."""
+        return [(layer.normalized_weight(), layer.bias) for layer in self.layers]
+
+    def apply(self, weights: list[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
+        """The network with the given normalised weights at ``x``."""
+        *inner, (w_last, b_last) = weights
+        for w, b in inner:
+            x = self._act(F.linear(x, w, b))
+        return F.linear(x, w_last, b_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.apply(self.weights(), x)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pyroflows.pyro.linear import ActNorm
+from pyroflows.pyro.nn import LipschitzLinear
 
 __all__ = ["get_params", "set_params"]
 
@@ -79,4 +80,6 @@ def set_params(flow: nn.Module, params: Mapping[str, np.ndarray]) -> nn.Module:
     for module in flow.modules():
         if isinstance(module, ActNorm):
             module.initialized.fill_(True)
+        if isinstance(module, LipschitzLinear):
+            module.mark_refined()  # the loaded power-iteration vectors are used as they are
     return flow
