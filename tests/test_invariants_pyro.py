@@ -160,6 +160,15 @@ BIJECTIONS += [
         4,
         2,
     ),
+    Case("Residual", lambda: _flow(pf.ResidualBlock(3, hidden=(8, 8), logdet="exact")), 3),
+    Case(
+        "Residual-invert-elu-ctx2",
+        lambda: _flow(
+            pf.ResidualBlock(3, 2, hidden=(8,), logdet="exact", invert=True, activation="elu")
+        ),
+        3,
+        2,
+    ),
 ]
 
 RECIPES: list[Case] = []
@@ -170,6 +179,7 @@ for _name, _recipe, _kwargs in (
     ("NSF-coupling", pf.NSF, {"mode": "coupling", "bins": 4, "bound": 2.5}),
     ("MAF", pf.MAF, {}),
     ("IAF", pf.IAF, {}),
+    ("ResidualFlow", pf.ResidualFlow, {"logdet": "exact"}),
 ):
     for _ctx in (0, 2):
         _features = 3 if _ctx else 4
@@ -225,6 +235,9 @@ def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch
                 assert bool(m.initialized)
         for p in module.parameters():
             p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    for m in module.modules():  # the power-iteration vectors of the moved weights
+        if isinstance(m, pf.nn.LipschitzLinear):
+            m.power_iterate()
     return module
 
 

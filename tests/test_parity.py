@@ -67,6 +67,7 @@ for _ctx in (0, 2):
         ("NSF-coupling-bins4", "NSF", {"bins": 4, "bound": 2.5, "mode": "coupling"}),
         ("MAF", "MAF", {}),
         ("IAF", "IAF", {}),
+        ("ResidualFlow", "ResidualFlow", {"logdet": "exact"}),
     ):
         RECIPES.append(Case(f"{_id}-ctx{_ctx}", _recipe(_name, 3, _ctx, **_kwargs), 3, _ctx))
 RECIPES += [
@@ -217,6 +218,9 @@ def perturb_torch(flow: pf.Flow, seed: int = 0) -> pf.Flow:
                 m.initialize(2.0 + 3.0 * torch.randn(64, m.features, generator=generator))
         for p in flow.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    for m in flow.modules():  # the power-iteration vectors of the moved weights
+        if isinstance(m, pf.nn.LipschitzLinear):
+            m.power_iterate()
     return flow
 
 
@@ -236,7 +240,9 @@ def perturb_jax(flow: pfj.Flow, seed: int = 1) -> pfj.Flow:
         noise = pool[start : start + leaf.size].reshape(leaf.shape)
         return jnp.asarray(np.asarray(leaf) + 0.3 * noise)
 
-    return eqx.tree_at(lambda f: f.transforms, flow, jax.tree_util.tree_map(move, flow.transforms))
+    moved = jax.tree_util.tree_map(move, flow.transforms)
+    # the power-iteration vectors (moved too) refined for the moved weights
+    return eqx.tree_at(lambda f: f.transforms, flow, pfj.refine_lipschitz(moved))
 
 
 # --------------------------------------------------------------------------- inputs and values

@@ -437,10 +437,11 @@ class Stack(Bijection):
                 acc = acc + log_det
             return (y, acc), None
 
-        # The carry must have its final shape from the first step on (context broadcasting).
-        first = jax.tree_util.tree_map(lambda leaf: leaf[0], self.layers[-1 if inverse else 0])
-        step = first.inverse_and_log_det if inverse else first.forward_and_log_det
-        shape_x, shape_ld = jax.eval_shape(step, x, _member_context(first, context))
+        # The carry must have its final shape from the first step on (context broadcasting,
+        # by whichever member of the group is conditional): the shapes of one whole group.
+        group = tuple(jax.tree_util.tree_map(lambda leaf: leaf[0], t) for t in self.layers)
+        zero = jnp.zeros((), jnp.result_type(x))
+        (shape_x, shape_ld), _ = jax.eval_shape(body, (x, zero), group)
         x = jnp.broadcast_to(x, shape_x.shape)
         acc = jnp.zeros(shape_ld.shape, jnp.result_type(x))
         (x, acc), _ = jax.lax.scan(body, (x, acc), self.layers, reverse=inverse)

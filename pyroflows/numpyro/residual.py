@@ -105,7 +105,7 @@ class ResidualBlock(Bijection):
     """
 
     net: LipschitzMLP
-    key: Array
+    key: Array  # raw key data (``jax.random.key_data``) of the estimators' key
     lipschitz: float = eqx.field(static=True)
     logdet: str = eqx.field(static=True)
     terms: int = eqx.field(static=True)
@@ -142,7 +142,8 @@ class ResidualBlock(Bijection):
         self.atol = None if atol is None else _checks.check_positive("atol", atol)
         self.max_iter = _checks.check_int("max_iter", max_iter, 1)
         self.invert = bool(invert)
-        net_key, self.key = jax.random.split(key)
+        net_key, own = jax.random.split(key)
+        self.key = jax.random.key_data(own)  # raw key data: serialisable, stackable
         self.net = LipschitzMLP(
             self.features + self.context_features,
             self.features,
@@ -177,7 +178,7 @@ class ResidualBlock(Bijection):
             eye = jnp.eye(self.features, dtype=z.dtype)
             return g, jnp.linalg.slogdet(eye + jacobian)[1]
         _, vjp = jax.vjp(lambda v: _g(act, weights, v, c), z)
-        probe_key, roulette_key = jax.random.split(self.key)
+        probe_key, roulette_key = jax.random.split(jax.random.wrap_key_data(self.key))
         probe = jax.random.normal(probe_key, z.shape, z.dtype)
         if self.logdet == "series":
             w, total = probe, jnp.zeros(z.shape[0], z.dtype)
@@ -277,7 +278,7 @@ def with_key(tree, key: Array):
         return tree
     keys = jax.random.split(key, len(blocks))
     new = [
-        jax.random.split(k, b.key.shape) if b.key.shape else k
+        jax.random.key_data(jax.random.split(k, b.key.shape[:-1]) if b.key.ndim > 1 else k)
         for k, b in zip(keys, blocks, strict=True)
     ]
 

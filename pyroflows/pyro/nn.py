@@ -237,6 +237,10 @@ class LipschitzLinear(nn.Linear):
         self.v.copy_(v)
         self.mark_refined()
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.mark_refined()  # loaded vectors are used as they are until the weight changes
+
     def mark_refined(self) -> None:
         """Take ``u`` and ``v`` as refined for the current weight (`set_params` calls it, so
         loaded vectors are used as they are until the weight changes)."""
@@ -247,8 +251,9 @@ class LipschitzLinear(nn.Linear):
         ``v`` refined first if the weight changed since their last refinement)."""
         if self.training and self.weight._version != self._refined_at:
             self.power_iterate()
-        # copies: a later call refines u and v in place while this graph may still be alive
-        sigma = torch.dot(self.u.clone(), self.weight @ self.v.clone())
+        # new tensors: a later call refines u and v in place while this graph may be alive
+        u, v = self.u / self.u.norm(), self.v / self.v.norm()
+        sigma = torch.dot(u, self.weight @ v)
         return self.weight / torch.clamp(sigma / self.lipschitz, min=1.0)
 
     def extra_repr(self) -> str:
