@@ -237,6 +237,10 @@ class LipschitzLinear(nn.Linear):
         self.v.copy_(v)
         self.mark_refined()
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._refined_at = None  # a copy (pickle, deepcopy) keeps its vectors as they are
+
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self.mark_refined()  # loaded vectors are used as they are until the weight changes
@@ -249,6 +253,8 @@ class LipschitzLinear(nn.Linear):
     def normalized_weight(self) -> Tensor:
         """The weight divided by ``max(1, sigma / lipschitz)`` (in training mode, ``u`` and
         ``v`` refined first if the weight changed since their last refinement)."""
+        if self._refined_at is None:
+            self.mark_refined()
         if self.training and self.weight._version != self._refined_at:
             self.power_iterate()
         # new tensors: a later call refines u and v in place while this graph may be alive
