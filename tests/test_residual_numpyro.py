@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from test_regressions_numpyro import _perturb as move_arrays
 
 import pyroflows.numpyro as pfj
 import pyroflows.pyro as pf
@@ -16,15 +17,8 @@ pytestmark = pytest.mark.usefixtures("jax_x64", "float64")
 
 
 def _perturb(tree, scale: float = 0.5, seed: int = 1):
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    leaves = [
-        leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype)
-        if eqx.is_inexact_array(leaf)
-        else leaf
-        for leaf, k in zip(leaves, keys, strict=True)
-    ]
-    return pfj.refine_lipschitz(jax.tree_util.tree_unflatten(treedef, leaves))
+    """Move every inexact array, then refine the power-iteration vectors for the new weights."""
+    return pfj.refine_lipschitz(move_arrays(tree, scale=scale, seed=seed))
 
 
 def _block(context=0, invert=False, logdet="exact", **kw):

@@ -17,6 +17,7 @@ import numpy as np
 from jax import Array
 
 from pyroflows import _checks, structure
+from pyroflows._residual import POWER_ITERATIONS, POWER_RTOL, check_lipschitz_activation
 
 __all__ = [
     "Linear",
@@ -242,11 +243,6 @@ class MADE(eqx.Module):
 # of a torch flow uses its stored vectors, as torch's eval mode does (the two backends then
 # agree to 1e-8).
 
-#: Power iterations: at most this many per refinement, stopping once the estimate of the
-#: spectral norm changes by less than ``POWER_RTOL`` (relative). As in the torch backend.
-POWER_ITERATIONS = 200
-POWER_RTOL = 1e-6
-
 
 def lipswish(x: Array) -> Array:
     """``x * sigmoid(x) / 1.1``: the swish, scaled to be 1-Lipschitz (Chen et al., 2019)."""
@@ -370,11 +366,7 @@ class LipschitzMLP(eqx.Module):
         key: Array | None = None,
     ) -> None:
         key = _check_key(key, "LipschitzMLP")
-        if activation not in LIPSCHITZ_ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(LIPSCHITZ_ACTIVATIONS)} (1-Lipschitz), "
-                f"got {activation!r}"
-            )
+        check_lipschitz_activation(activation)
         sizes = [in_features, *_check_hidden(hidden), out_features]
         keys = jax.random.split(key, len(sizes) - 1)
         last = len(sizes) - 2

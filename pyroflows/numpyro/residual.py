@@ -25,22 +25,18 @@ import jax.numpy as jnp
 from jax import Array
 
 from pyroflows import _checks
+from pyroflows._residual import (
+    LOGDET_MODES,
+    ROULETTE_STOP,
+    ConvergenceError,
+    check_block_options,
+    convergence_message,
+    default_atol,
+)
 from pyroflows.numpyro.core import Bijection, broadcast_context, is_concrete
 from pyroflows.numpyro.nn import LIPSCHITZ_ACTIVATIONS, LipschitzMLP, _check_key
 
 __all__ = ["ResidualBlock", "ConvergenceError", "LOGDET_MODES", "with_key"]
-
-LOGDET_MODES = ("exact", "series", "unbiased")
-#: The probability that the roulette of ``logdet="unbiased"`` stops after each term.
-ROULETTE_STOP = 0.5
-
-
-class ConvergenceError(RuntimeError):
-    """An iterative inverse did not reach its tolerance."""
-
-
-def _tolerance(atol: float | None, dtype) -> float:
-    return 64 * float(jnp.finfo(dtype).eps) if atol is None else atol
 
 
 def _g(activation: str, weights, z: Array, c: Array) -> Array:
@@ -131,16 +127,9 @@ class ResidualBlock(Bijection):
         key = _check_key(key, "ResidualBlock")
         self.features = _checks.check_int("features", features, 1)
         self.context_features = _checks.check_int("context", context, 0)
-        self.lipschitz = _checks.check_fraction("lipschitz", lipschitz, 0.0, 1.0)
-        if self.lipschitz == 0:
-            raise ValueError("lipschitz must be a number in (0, 1), got 0")
-        if logdet not in LOGDET_MODES:
-            raise ValueError(f"logdet must be one of {LOGDET_MODES}, got {logdet!r}")
-        self.logdet = logdet
-        default_terms = 5 if logdet == "series" else 2
-        self.terms = _checks.check_int("terms", default_terms if terms is None else terms, 1)
-        self.atol = None if atol is None else _checks.check_positive("atol", atol)
-        self.max_iter = _checks.check_int("max_iter", max_iter, 1)
+        options = check_block_options(lipschitz, logdet, terms, atol, max_iter)
+        self.lipschitz, self.logdet, self.terms = options.lipschitz, options.logdet, options.terms
+        self.atol, self.max_iter = options.atol, options.max_iter
         self.invert = bool(invert)
         net_key, own = jax.random.split(key)
         self.key = jax.random.key_data(own)  # raw key data: serialisable, stackable
@@ -166,7 +155,8 @@ class ResidualBlock(Bijection):
 
     def _g_and_log_det(self, weights, z: Array, c: Array) -> tuple[Array, Array]:
         act = self.net.activation
-        g = _g(act, weights, z, c)
+        if z.shape[0] == 0 or self.logdet == "exact":
+            g = _g(act, weights, z, c)
         if z.shape[0] == 0:
             return g, jnp.zeros((0,), z.dtype)
         if self.logdet == "exact":
@@ -177,7 +167,7 @@ class ResidualBlock(Bijection):
             jacobian = jax.vmap(jax.jacfwd(row))(z, c)
             eye = jnp.eye(self.features, dtype=z.dtype)
             return g, jnp.linalg.slogdet(eye + jacobian)[1]
-        _, vjp = jax.vjp(lambda v: _g(act, weights, v, c), z)
+        g, vjp = jax.vjp(lambda v: _g(act, weights, v, c), z)  # g and its vjp in one pass
         probe_key, roulette_key = jax.random.split(jax.random.wrap_key_data(self.key))
         probe = jax.random.normal(probe_key, z.shape, z.dtype)
         if self.logdet == "series":
@@ -222,28 +212,24 @@ class ResidualBlock(Bijection):
     def _solve(self, w: Array, context: Array | None) -> tuple[Array, Array]:
         shape, flat, c = self._flat(w, context)
         weights = self.net.weights()
-        atol = _tolerance(self.atol, flat.dtype)
-        act = self.net.activation
-        z = _fixed_point(act, atol, self.max_iter, weights, flat, c)
-        last = jnp.abs(jax.lax.stop_gradient(flat - _g(act, weights, z, c) - z))
+        atol = default_atol(self.atol, float(jnp.finfo(flat.dtype).eps))
+        z = _fixed_point(self.net.activation, atol, self.max_iter, weights, flat, c)
+        g, log_det = self._g_and_log_det(weights, z, c)
+        # the step the iteration would take next, per row against the tolerance
+        last = jnp.abs(jax.lax.stop_gradient(flat - g - z))
         done = jnp.all(last <= atol * (1 + jnp.abs(jax.lax.stop_gradient(z))), axis=-1)
-        message = (
-            "the fixed-point inverse of ResidualBlock did not converge for some rows in "
-            f"max_iter={self.max_iter} iterations (atol={atol:.3e}, relative to 1 + |z|); "
-            "raise max_iter or atol"
-        )
         if is_concrete(done):
             if not bool(jnp.all(done)):
                 bad = int(jnp.sum(~done))
                 raise ConvergenceError(
-                    f"the fixed-point inverse of ResidualBlock did not converge for {bad} of "
-                    f"{flat.shape[0]} rows in max_iter={self.max_iter} iterations: the largest "
-                    f"last step was {float(jnp.max(last)):.3e} (atol={atol:.3e}, relative to "
-                    "1 + |z|); raise max_iter or atol"
+                    convergence_message(
+                        self.max_iter, atol, bad, flat.shape[0], float(jnp.max(last))
+                    )
                 )
         else:
-            z = eqx.error_if(z, ~jnp.all(done), message)
-        _, log_det = self._g_and_log_det(weights, z, c)
+            z, log_det = eqx.error_if(
+                (z, log_det), ~jnp.all(done), convergence_message(self.max_iter, atol)
+            )
         return z.reshape(shape), -log_det.reshape(shape[:-1])
 
     # --- the two directions -----------------------------------------------------------------

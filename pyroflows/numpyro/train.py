@@ -446,7 +446,7 @@ def fit(
         return refine_lipschitz(optax.apply_updates(p, updates)), state, loss
 
     evaluate = jax.jit(nll)
-    validation_key = jax.random.fold_in(base_key, -1 % 2**31)
+    validation_key = jax.random.fold_in(base_key, 2**31 - 1)  # no training step has it
     batches = -(-n // options.batch_size)
     start = tracker.epochs_done
     bar = tqdm(

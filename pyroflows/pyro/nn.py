@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyroflows import _checks, structure
+from pyroflows._residual import POWER_ITERATIONS, POWER_RTOL, check_lipschitz_activation
 
 __all__ = [
     "MLP",
@@ -173,12 +174,6 @@ class MADE(nn.Module):
 # one, short of the norm by at most the gap between the two (1.4% seen after Adam steps at lr
 # 0.1): a network of several layers is still far inside its bound (``lipschitz ** layers``).
 
-#: Power iterations: at most this many per refinement (at construction from random vectors,
-#: in training mode after each change of the weight, from the last vectors), stopping once
-#: the estimate of the spectral norm changes by less than ``POWER_RTOL`` (relative).
-POWER_ITERATIONS = 200
-POWER_RTOL = 1e-6
-
 
 def lipswish(x: Tensor) -> Tensor:
     """``x * sigmoid(x) / 1.1``: the swish, scaled to be 1-Lipschitz (Chen et al., 2019)."""
@@ -296,11 +291,7 @@ class LipschitzMLP(nn.Module):
         activation: str = "lipswish",
     ) -> None:
         super().__init__()
-        if activation not in LIPSCHITZ_ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(LIPSCHITZ_ACTIVATIONS)} (1-Lipschitz), "
-                f"got {activation!r}"
-            )
+        check_lipschitz_activation(activation)
         sizes = [in_features, *_checks.check_hidden(hidden), out_features]
         self.layers = nn.ModuleList(
             LipschitzLinear(a, b, lipschitz) for a, b in zip(sizes[:-1], sizes[1:], strict=True)

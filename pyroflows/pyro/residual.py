@@ -34,23 +34,18 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pyroflows import _checks
+from pyroflows._residual import (
+    LOGDET_MODES,
+    ROULETTE_STOP,
+    ConvergenceError,
+    check_block_options,
+    convergence_message,
+    default_atol,
+)
 from pyroflows.pyro.core import Bijection, broadcast_context
 from pyroflows.pyro.nn import LipschitzMLP
 
 __all__ = ["ResidualBlock", "ConvergenceError", "LOGDET_MODES"]
-
-LOGDET_MODES = ("exact", "series", "unbiased")
-#: The probability that the roulette of ``logdet="unbiased"`` stops after each term.
-ROULETTE_STOP = 0.5
-
-
-class ConvergenceError(RuntimeError):
-    """An iterative inverse did not reach its tolerance."""
-
-
-def _tolerance(atol: float | None, dtype: torch.dtype) -> float:
-    return 64 * torch.finfo(dtype).eps if atol is None else atol
 
 
 class ResidualBlock(Bijection):
@@ -97,16 +92,9 @@ class ResidualBlock(Bijection):
         max_iter: int = 200,
     ) -> None:
         super().__init__(features, context)
-        self.lipschitz = _checks.check_fraction("lipschitz", lipschitz, 0.0, 1.0)
-        if self.lipschitz == 0:
-            raise ValueError("lipschitz must be a number in (0, 1), got 0")
-        if logdet not in LOGDET_MODES:
-            raise ValueError(f"logdet must be one of {LOGDET_MODES}, got {logdet!r}")
-        self.logdet = logdet
-        default_terms = 5 if logdet == "series" else 2
-        self.terms = _checks.check_int("terms", default_terms if terms is None else terms, 1)
-        self.atol = None if atol is None else _checks.check_positive("atol", atol)
-        self.max_iter = _checks.check_int("max_iter", max_iter, 1)
+        options = check_block_options(lipschitz, logdet, terms, atol, max_iter)
+        self.lipschitz, self.logdet, self.terms = options.lipschitz, options.logdet, options.terms
+        self.atol, self.max_iter = options.atol, options.max_iter
         self.invert = bool(invert)
         self.net = LipschitzMLP(
             self.features + self.context_features,
@@ -205,7 +193,7 @@ class ResidualBlock(Bijection):
         batch = w.shape[:-1]
         flat = w.reshape(-1, self.features)
         c = None if context is None else context.reshape(-1, self.context_features)
-        atol = _tolerance(self.atol, flat.dtype)
+        atol = default_atol(self.atol, torch.finfo(flat.dtype).eps)
         with torch.no_grad():
             z = flat.detach().clone()
             c0 = None if c is None else c.detach()
@@ -220,12 +208,10 @@ class ResidualBlock(Bijection):
                 if bool(done.all()):
                     break
             if not bool(done.all()):
-                bad = int((~done).sum())
                 raise ConvergenceError(
-                    f"the fixed-point inverse of ResidualBlock did not converge for {bad} of "
-                    f"{flat.shape[0]} rows in max_iter={self.max_iter} iterations: the largest "
-                    f"last step was {float(step.max()):.3e} (atol={atol:.3e}, relative to "
-                    f"1 + |z|); raise max_iter or atol"
+                    convergence_message(
+                        self.max_iter, atol, int((~done).sum()), flat.shape[0], float(step.max())
+                    )
                 )
         if torch.is_grad_enabled() and (
             flat.requires_grad
@@ -233,7 +219,7 @@ class ResidualBlock(Bijection):
             or any(p.requires_grad for p in self.parameters())
         ):
             z = self._implicit(weights, z, flat, c, atol)
-        g, log_det = self._g_and_log_det(weights, z, c)
+        _, log_det = self._g_and_log_det(weights, z, c)
         return z.reshape(w.shape), -log_det.reshape(batch)
 
     def _implicit(self, weights, z: Tensor, w: Tensor, c: Tensor | None, atol: float) -> Tensor:
