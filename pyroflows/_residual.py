@@ -1,4 +1,5 @@
-"""Backend-free pieces of the residual family: constants, argument checks, the error.
+"""Backend-free pieces of the residual family: constants, argument checks, the error, and
+the parameter layouts of the planar, radial and Sylvester layers.
 
 Both backends' ``residual.py`` and the Lipschitz networks of their ``nn.py`` take these from
 here, so the two read the same numbers, check the same arguments with the same messages, and
@@ -25,6 +26,14 @@ __all__ = [
     "check_lipschitz_activation",
     "default_atol",
     "convergence_message",
+    "SYLVESTER_KINDS",
+    "ABOVE_MINUS_ONE_SHIFT",
+    "check_solve_options",
+    "check_sylvester_options",
+    "planar_layout",
+    "radial_layout",
+    "sylvester_layout",
+    "layout_size",
 ]
 
 LOGDET_MODES = ("exact", "series", "unbiased")
@@ -89,13 +98,98 @@ def default_atol(atol: float | None, eps: float) -> float:
 
 
 def convergence_message(max_iter: int, atol: float, bad: int | None = None, rows: int = 0,
-                        last: float | None = None) -> str:  # fmt: skip
+                        last: float | None = None,
+                        owner: str = "ResidualBlock",
+                        method: str = "fixed-point inverse") -> str:  # fmt: skip
     """The sentence of a `ConvergenceError` (without the counts where they are unknown, as
     inside ``jit``)."""
     which = "some rows" if bad is None else f"{bad} of {rows} rows"
     reached = "" if last is None else f": the largest last step was {last:.3e}"
     return (
-        f"the fixed-point inverse of ResidualBlock did not converge for {which} in "
+        f"the {method} of {owner} did not converge for {which} in "
         f"max_iter={max_iter} iterations{reached} (atol={atol:.3e}, relative to 1 + |z|); "
         "raise max_iter or atol"
     )
+
+
+# --- planar, radial and Sylvester layers ----------------------------------------------------
+
+#: The ``kind`` of a Sylvester layer: ``Q`` from an orthogonalised matrix, from Householder
+#: reflections, or a fixed permutation (identity or reversal).
+SYLVESTER_KINDS = ("orthogonal", "householder", "triangular")
+
+#: ``m(x) = softplus(x + ABOVE_MINUS_ONE_SHIFT) - 1`` maps the reals onto ``(-1, inf)`` with
+#: ``m(0) = 0``: the planar layer's ``w^T u_hat = m(w^T u)`` and the radial layer's
+#: ``beta = alpha * m(beta_raw)`` keep the layers invertible, and zero parameters give the
+#: identity. The shift is ``log(e - 1)``.
+ABOVE_MINUS_ONE_SHIFT = 0.5413248546129181
+
+
+def check_solve_options(atol: Any, max_iter: Any) -> tuple[float | None, int]:
+    """``atol`` (``None`` or positive) and ``max_iter`` (>= 1) of an iterative inverse."""
+    return (
+        None if atol is None else _checks.check_positive("atol", atol),
+        _checks.check_int("max_iter", max_iter, 1),
+    )
+
+
+def check_sylvester_options(
+    features: int, kind: Any, columns: Any, reflections: Any
+) -> tuple[str, int, int]:
+    """``kind``, the number of columns ``M`` of ``Q`` and of Householder reflections.
+
+    ``columns`` (``"orthogonal"`` only, default ``features``) is at most ``features``;
+    ``reflections`` (``"householder"`` only) defaults to ``features``. The other kinds use
+    ``M = features``.
+    """
+    if kind not in SYLVESTER_KINDS:
+        raise ValueError(f"kind must be one of {list(SYLVESTER_KINDS)}, got {kind!r}")
+    if columns is not None and kind != "orthogonal":
+        raise ValueError(f"columns is for kind='orthogonal' only, got columns={columns!r} "
+                         f"with kind={kind!r}")  # fmt: skip
+    if reflections is not None and kind != "householder":
+        raise ValueError(f"reflections is for kind='householder' only, got "
+                         f"reflections={reflections!r} with kind={kind!r}")  # fmt: skip
+    m = features if columns is None else _checks.check_int("columns", columns, 1)
+    if m > features:
+        raise ValueError(f"columns must be at most features={features}, got {m}")
+    k = features if reflections is None else _checks.check_int("reflections", reflections, 1)
+    return kind, m, k
+
+
+def planar_layout(features: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a planar layer's parameters, in the order a conditional layer's
+    network outputs them."""
+    return {"u": (features,), "w": (features,), "b": (1,)}
+
+
+def radial_layout(features: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a radial layer's parameters (``alpha`` and ``beta`` before their
+    positivity maps)."""
+    return {"z0": (features,), "alpha": (1,), "beta": (1,)}
+
+
+def sylvester_layout(
+    features: int, kind: str, columns: int, reflections: int
+) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a Sylvester layer's parameters: ``q`` (the matrix orthogonalised
+    into ``Q``) or ``v`` (the Householder vectors), then ``r``, ``r_tilde`` (full square
+    matrices of which the upper triangles are used, diagonals through ``tanh``) and ``b``."""
+    layout: dict[str, tuple[int, ...]] = {}
+    if kind == "orthogonal":
+        layout["q"] = (features, columns)
+    elif kind == "householder":
+        layout["v"] = (reflections, features)
+    layout.update({"r": (columns, columns), "r_tilde": (columns, columns), "b": (columns,)})
+    return layout
+
+
+def layout_size(layout: dict[str, tuple[int, ...]]) -> int:
+    """The number of numbers in a layout (the output size of a conditional layer's net)."""
+    total = 0
+    for shape in layout.values():
+        size = 1
+        for n in shape:
+            size *= n
+        total += size
+    return total

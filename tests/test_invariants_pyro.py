@@ -169,6 +169,26 @@ BIJECTIONS += [
         3,
         2,
     ),
+    Case("Planar-invert-ctx2", lambda: _flow(pf.PlanarLayer(3, 2, (8,), invert=True)), 3, 2),
+    Case("Radial-ctx2", lambda: _flow(pf.RadialLayer(3, 2, (8,))), 3, 2),
+    Case(
+        "Sylvester-orthogonal-columns2",
+        lambda: _flow(pf.SylvesterLayer(3, kind="orthogonal", columns=2)),
+        3,
+    ),
+    Case(
+        "Sylvester-householder-invert-ctx2",
+        lambda: _flow(
+            pf.SylvesterLayer(3, 2, (8,), kind="householder", reflections=2, invert=True)
+        ),
+        3,
+        2,
+    ),
+    Case(
+        "Sylvester-triangular-reverse",
+        lambda: _flow(pf.SylvesterLayer(4, kind="triangular", reverse=True)),
+        4,
+    ),
 ]
 
 RECIPES: list[Case] = []
@@ -180,6 +200,9 @@ for _name, _recipe, _kwargs in (
     ("MAF", pf.MAF, {}),
     ("IAF", pf.IAF, {}),
     ("ResidualFlow", pf.ResidualFlow, {"logdet": "exact"}),
+    ("Planar", pf.Planar, {}),
+    ("Radial", pf.Radial, {}),
+    ("Sylvester", pf.Sylvester, {}),
 ):
     for _ctx in (0, 2):
         _features = 3 if _ctx else 4

@@ -68,6 +68,11 @@ for _ctx in (0, 2):
         ("MAF", "MAF", {}),
         ("IAF", "IAF", {}),
         ("ResidualFlow", "ResidualFlow", {"logdet": "exact"}),
+        ("Planar", "Planar", {}),
+        ("Radial", "Radial", {}),
+        ("Sylvester-orthogonal", "Sylvester", {}),
+        ("Sylvester-householder", "Sylvester", {"kind": "householder", "reflections": 2}),
+        ("Sylvester-triangular", "Sylvester", {"kind": "triangular"}),
     ):
         RECIPES.append(Case(f"{_id}-ctx{_ctx}", _recipe(_name, 3, _ctx, **_kwargs), 3, _ctx))
 RECIPES += [

@@ -15,13 +15,30 @@ from pyroflows.numpyro.core import Bijection, BijectionTransform, Chain, Invert
 from pyroflows.numpyro.coupling import Coupling
 from pyroflows.numpyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
 from pyroflows.numpyro.distributions import Flow, FlowDistribution
-from pyroflows.numpyro.flows import IAF, MAF, NICE, NSF, RealNVP, ResidualFlow
+from pyroflows.numpyro.flows import (
+    IAF,
+    MAF,
+    NICE,
+    NSF,
+    Planar,
+    Radial,
+    RealNVP,
+    ResidualFlow,
+    Sylvester,
+)
 from pyroflows.numpyro.image import Logit, bits_per_dim, dequantize
 from pyroflows.numpyro.infer import AutoFlow
 from pyroflows.numpyro.linear import ActNorm, LULinear, Permute, Reverse, Scale
 from pyroflows.numpyro.nn import MADE, MLP, refine_lipschitz
 from pyroflows.numpyro.params import get_params, set_params
-from pyroflows.numpyro.residual import ConvergenceError, ResidualBlock, with_key
+from pyroflows.numpyro.residual import (
+    ConvergenceError,
+    PlanarLayer,
+    RadialLayer,
+    ResidualBlock,
+    SylvesterLayer,
+    with_key,
+)
 from pyroflows.numpyro.train import fit, initialize_actnorm
 from pyroflows.numpyro.transformers import (
     AdditiveTransformer,
@@ -57,6 +74,12 @@ __all__ = [
     "RealNVP",
     "ResidualBlock",
     "ResidualFlow",
+    "PlanarLayer",
+    "RadialLayer",
+    "SylvesterLayer",
+    "Planar",
+    "Radial",
+    "Sylvester",
     "Reverse",
     "Scale",
     "SplineTransformer",

@@ -45,7 +45,7 @@ from pyroflows.numpyro.coupling import Coupling
 from pyroflows.numpyro.distributions import Flow
 from pyroflows.numpyro.linear import ActNorm, Scale
 from pyroflows.numpyro.nn import _check_key
-from pyroflows.numpyro.residual import ResidualBlock
+from pyroflows.numpyro.residual import PlanarLayer, RadialLayer, ResidualBlock, SylvesterLayer
 from pyroflows.numpyro.transformers import (
     AdditiveTransformer,
     AffineTransformer,
@@ -53,7 +53,7 @@ from pyroflows.numpyro.transformers import (
     Transformer,
 )
 
-__all__ = ["NICE", "RealNVP", "NSF", "MAF", "IAF", "ResidualFlow"]
+__all__ = ["NICE", "RealNVP", "NSF", "MAF", "IAF", "ResidualFlow", "Planar", "Radial", "Sylvester"]
 
 
 def _check_transforms(transforms: int) -> int:
@@ -306,6 +306,7 @@ def ResidualFlow(  # noqa: N802
     lipschitz: float = 0.9,
     logdet: str = "unbiased",
     activation: str = "lipswish",
+    invert: bool = False,
     base: Distribution | None = None,
     key: Array | None = None,
 ) -> Flow:
@@ -333,8 +334,111 @@ def ResidualFlow(  # noqa: N802
                 lipschitz=lipschitz,
                 logdet=logdet,
                 activation=activation,
+                invert=invert,
                 key=k,
             )
         )
         layers.append(ActNorm(features))
+    return Flow(layers, base)
+
+
+def Planar(  # noqa: N802
+    features: int,
+    context: int = 0,
+    transforms: int = 5,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    invert: bool = False,
+    activation: str = "relu",
+    base: Distribution | None = None,
+    key: Array | None = None,
+) -> Flow:
+    """Planar flow: ``transforms`` `PlanarLayer` s (as `pyroflows.pyro.Planar`; ``key``
+    keyword only).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import pyroflows.numpyro as pfj
+        >>> flow = pfj.Planar(2, transforms=4, key=jax.random.key(0))
+        >>> flow().log_prob(jnp.zeros((3, 2))).shape
+        (3,)
+    """
+    key = _check_key(key, "Planar")
+    layers = [
+        PlanarLayer(features, context, hidden, activation=activation, invert=invert, key=k)
+        for k in jax.random.split(key, _check_transforms(transforms))
+    ]
+    return Flow(layers, base)
+
+
+def Radial(  # noqa: N802
+    features: int,
+    context: int = 0,
+    transforms: int = 5,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    invert: bool = False,
+    activation: str = "relu",
+    base: Distribution | None = None,
+    key: Array | None = None,
+) -> Flow:
+    """Radial flow: ``transforms`` `RadialLayer` s (as `pyroflows.pyro.Radial`; ``key``
+    keyword only).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import pyroflows.numpyro as pfj
+        >>> flow = pfj.Radial(2, transforms=4, key=jax.random.key(0))
+        >>> flow().log_prob(jnp.zeros((3, 2))).shape
+        (3,)
+    """
+    key = _check_key(key, "Radial")
+    layers = [
+        RadialLayer(features, context, hidden, activation=activation, invert=invert, key=k)
+        for k in jax.random.split(key, _check_transforms(transforms))
+    ]
+    return Flow(layers, base)
+
+
+def Sylvester(  # noqa: N802
+    features: int,
+    context: int = 0,
+    transforms: int = 5,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    kind: str = "orthogonal",
+    columns: int | None = None,
+    reflections: int | None = None,
+    invert: bool = False,
+    activation: str = "relu",
+    base: Distribution | None = None,
+    key: Array | None = None,
+) -> Flow:
+    """Sylvester flow: ``transforms`` `SylvesterLayer` s (as `pyroflows.pyro.Sylvester`;
+    ``key`` keyword only).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import pyroflows.numpyro as pfj
+        >>> flow = pfj.Sylvester(3, transforms=2, kind="householder", reflections=2,
+        ...                      key=jax.random.key(0))
+        >>> flow().log_prob(jnp.zeros((4, 3))).shape
+        (4,)
+    """
+    key = _check_key(key, "Sylvester")
+    layers = [
+        SylvesterLayer(
+            features,
+            context,
+            hidden,
+            kind=kind,
+            columns=columns,
+            reflections=reflections,
+            reverse=kind == "triangular" and i % 2 == 1,
+            activation=activation,
+            invert=invert,
+            key=k,
+        )
+        for i, k in enumerate(jax.random.split(key, _check_transforms(transforms)))
+    ]
     return Flow(layers, base)

@@ -17,6 +17,7 @@ equinox's runtime error with the same sentence (without the numbers).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -26,17 +27,32 @@ from jax import Array
 
 from pyroflows import _checks
 from pyroflows._residual import (
+    ABOVE_MINUS_ONE_SHIFT,
     LOGDET_MODES,
     ROULETTE_STOP,
     ConvergenceError,
     check_block_options,
+    check_solve_options,
+    check_sylvester_options,
     convergence_message,
     default_atol,
+    layout_size,
+    planar_layout,
+    radial_layout,
+    sylvester_layout,
 )
 from pyroflows.numpyro.core import Bijection, broadcast_context, is_concrete
-from pyroflows.numpyro.nn import LIPSCHITZ_ACTIVATIONS, LipschitzMLP, _check_key
+from pyroflows.numpyro.nn import LIPSCHITZ_ACTIVATIONS, MLP, LipschitzMLP, _check_key
 
-__all__ = ["ResidualBlock", "ConvergenceError", "LOGDET_MODES", "with_key"]
+__all__ = [
+    "ResidualBlock",
+    "PlanarLayer",
+    "RadialLayer",
+    "SylvesterLayer",
+    "ConvergenceError",
+    "LOGDET_MODES",
+    "with_key",
+]
 
 
 def _g(activation: str, weights, z: Array, c: Array) -> Array:
@@ -276,3 +292,411 @@ def with_key(tree, key: Array):
         ]
 
     return eqx.tree_at(where, tree, new)
+
+
+# --- planar, radial and Sylvester layers ------------------------------------------------------
+
+
+def above_minus_one(value: Array) -> Array:
+    """``softplus(value + log(e - 1)) - 1``: onto ``(-1, inf)``, ``0`` at ``0``."""
+    return jax.nn.softplus(value + ABOVE_MINUS_ONE_SHIFT) - 1
+
+
+def solve_monotone(
+    s: Array, q: Array, c: Array, t: Array, atol: float, max_iter: int
+) -> tuple[Array, Array, Array]:
+    """``x`` with ``x + s * tanh(q * x + c) = t`` elementwise, for ``s * q > -1``: Newton's
+    method safeguarded by bisection on ``[t - |s|, t + |s|]``, as in
+    `pyroflows.pyro.residual.solve_monotone`. No gradient; returns ``x``, the done flags and
+    the last steps."""
+    s, q, c, t = (jax.lax.stop_gradient(a) for a in jnp.broadcast_arrays(s, q, c, t))
+    lo, hi = t - jnp.abs(s), t + jnp.abs(s)
+
+    def body(state):
+        i, x, lo, hi, _, _ = state
+        th = jnp.tanh(q * x + c)
+        f = x + s * th - t
+        df = 1 + s * q * (1 - th * th)
+        hi = jnp.where(f > 0, x, hi)
+        lo = jnp.where(f < 0, x, lo)
+        new = x - f / df
+        new = jnp.where((new > lo) & (new < hi), new, (lo + hi) / 2)
+        step = jnp.abs(new - x)
+        return i + 1, new, lo, hi, step <= atol * (1 + jnp.abs(new)), step
+
+    def cond(state):
+        return (state[0] < max_iter) & ~jnp.all(state[4])
+
+    start = (0, t, lo, hi, jnp.zeros(t.shape, bool), jnp.zeros_like(t))
+    _, x, _, _, done, step = jax.lax.while_loop(cond, body, start)
+    return x, done, step
+
+
+def _check_converged(owner: str, max_iter: int, atol: float, done: Array, step: Array, out):
+    """``out``, after raising `ConvergenceError` (eagerly) or equinox's runtime error (under
+    ``jit``) unless every row is done."""
+    rows = jnp.all(done.reshape(done.shape[0], -1), axis=-1)
+    if is_concrete(rows):
+        if not bool(jnp.all(rows)):
+            raise ConvergenceError(
+                convergence_message(
+                    max_iter,
+                    atol,
+                    int(jnp.sum(~rows)),
+                    rows.shape[0],
+                    float(jnp.max(step)),
+                    owner=owner,
+                    method="inverse",
+                )
+            )
+        return out
+    message = convergence_message(max_iter, atol, owner=owner, method="inverse")
+    return eqx.error_if(out, ~jnp.all(rows), message)
+
+
+def _upper(matrix: Array) -> Array:
+    """The strict upper triangle of ``matrix`` with ``tanh`` of its diagonal on the diagonal."""
+    diagonal = jnp.tanh(jnp.diagonal(matrix, axis1=-2, axis2=-1))
+    return jnp.triu(matrix, 1) + diagonal[..., None] * jnp.eye(matrix.shape[-1], dtype=matrix.dtype)
+
+
+def _orthogonalize(matrix: Array) -> Array:
+    """The ``Q`` of the QR decomposition of ``matrix`` ``(..., D, M)``, with its columns'
+    signs chosen so that ``R`` has a non-negative diagonal."""
+    q, r = jnp.linalg.qr(matrix)
+    sign = jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))
+    return q * jnp.where(sign == 0, 1.0, sign)[..., None, :]
+
+
+def _householder(vectors: Array) -> Array:
+    """``H_1 H_2 ... H_K`` for ``vectors`` ``(..., K, D)`` (a zero vector gives ``I``)."""
+    features = vectors.shape[-1]
+    norm = jnp.maximum(jnp.sum(vectors**2, -1, keepdims=True), jnp.finfo(vectors.dtype).tiny)
+    unit = vectors / jnp.sqrt(norm)
+    q = jnp.broadcast_to(
+        jnp.eye(features, dtype=vectors.dtype), (*vectors.shape[:-2], features, features)
+    )
+    for k in range(vectors.shape[-2]):
+        vk = unit[..., k, :]
+        q = q - 2 * (q @ vk[..., None]) * vk[..., None, :]
+    return q
+
+
+class _ClosedFormLayer(Bijection):
+    """Base of the planar, radial and Sylvester layers (as in `pyroflows.pyro.residual`)."""
+
+    params: dict[str, Array]
+    conditioner: MLP | None
+    invert: bool = eqx.field(static=True)
+    atol: float | None = eqx.field(static=True)
+    max_iter: int = eqx.field(static=True)
+
+    owner = "layer"
+
+    def _setup(self, features, context, hidden, activation, invert, atol, max_iter, layout,
+               init, key) -> None:  # fmt: skip
+        self.features = features
+        self.context_features = _checks.check_int("context", context, 0)
+        self.atol, self.max_iter = check_solve_options(atol, max_iter)
+        self.invert = bool(invert)
+        self.params = {name: init[name] for name in layout}
+        self.conditioner = (
+            MLP(self.context_features, layout_size(layout), hidden, activation, key=key)
+            if self.context_features
+            else None
+        )
+
+    def _values(self, c: Array | None) -> dict[str, Array]:
+        """The parameters, ``(n, *shape)`` with a context and ``(1, *shape)`` without."""
+        if self.conditioner is None:
+            return {name: value[None] for name, value in self.params.items()}
+        flat = self.conditioner(c)
+        values, start = {}, 0
+        for name, shape in self._ordered_layout():
+            size = math.prod(shape)
+            values[name] = self.params[name] + flat[:, start : start + size].reshape(-1, *shape)
+            start += size
+        return values
+
+    def _ordered_layout(self) -> list[tuple[str, tuple[int, ...]]]:
+        raise NotImplementedError
+
+    def _run(self, value: Array, context: Array | None, explicit: bool):
+        value, context = broadcast_context(value, context)
+        flat = value.reshape(-1, self.features)
+        if flat.shape[0] == 0:
+            return value, jnp.zeros(value.shape[:-1], value.dtype)
+        c = None if context is None else context.reshape(-1, self.context_features)
+        c = None if c is None else c.astype(flat.dtype)
+        p = self._values(c)
+        if explicit:
+            out, log_det = self._explicit(flat, p)
+        else:
+            atol = default_atol(self.atol, float(jnp.finfo(flat.dtype).eps))
+            out, log_det = self._solve(flat, p, atol)
+            log_det = -log_det
+        return out.reshape(value.shape), log_det.reshape(value.shape[:-1])
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._run(x, context, explicit=self.invert)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._run(y, context, explicit=not self.invert)
+
+
+class PlanarLayer(_ClosedFormLayer):
+    """Planar layer ``z + u_hat * tanh(w^T z + b)``: as `pyroflows.pyro.PlanarLayer`, plus
+    ``key`` (keyword only).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from pyroflows.numpyro.residual import PlanarLayer
+        >>> layer = PlanarLayer(3, key=jax.random.key(0))
+        >>> z, log_det = layer.inverse_and_log_det(jnp.ones((5, 3)))
+        >>> log_det.shape
+        (5,)
+    """
+
+    owner = "PlanarLayer"
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+        *,
+        activation: str = "relu",
+        invert: bool = False,
+        atol: float | None = None,
+        max_iter: int = 100,
+        key: Array | None = None,
+    ) -> None:
+        key = _check_key(key, "PlanarLayer")
+        features = _checks.check_int("features", features, 1)
+        own, net = jax.random.split(key)
+        init = {
+            "u": jnp.zeros(features),
+            "w": jax.random.normal(own, (features,)) / math.sqrt(features),
+            "b": jnp.zeros(1),
+        }
+        self._setup(features, context, hidden, activation, invert, atol, max_iter,
+                    planar_layout(features), init, net)  # fmt: skip
+
+    def _ordered_layout(self):
+        return list(planar_layout(self.features).items())
+
+    @staticmethod
+    def _u_hat(u: Array, w: Array) -> tuple[Array, Array]:
+        wu = jnp.sum(w * u, -1, keepdims=True)
+        s = above_minus_one(wu)
+        norm = jnp.maximum(jnp.sum(w * w, -1, keepdims=True), jnp.finfo(w.dtype).tiny)
+        return u + (s - wu) * w / norm, s
+
+    def _explicit(self, z: Array, p: dict[str, Array]) -> tuple[Array, Array]:
+        u_hat, s = self._u_hat(p["u"], p["w"])
+        th = jnp.tanh(jnp.sum(p["w"] * z, -1, keepdims=True) + p["b"])
+        return z + u_hat * th, jnp.log1p(s * (1 - th * th))[..., 0]
+
+    def _solve(self, y: Array, p: dict[str, Array], atol: float) -> tuple[Array, Array]:
+        u_hat, s = self._u_hat(p["u"], p["w"])
+        t = jnp.sum(p["w"] * y, -1, keepdims=True) + p["b"]
+        a, done, step = solve_monotone(s, jnp.ones_like(s), jnp.zeros_like(s), t, atol,
+                                       self.max_iter)  # fmt: skip
+        a = _check_converged(self.owner, self.max_iter, atol, done, step, a)
+        # one Newton step in the graph: the exact (implicit) gradient of the root
+        th = jnp.tanh(a)
+        a = a - (a + s * th - t) / jax.lax.stop_gradient(1 + s * (1 - th * th))
+        th = jnp.tanh(a)
+        return y - u_hat * th, jnp.log1p(s * (1 - th * th))[..., 0]
+
+
+class RadialLayer(_ClosedFormLayer):
+    """Radial layer ``z + beta (z - z0) / (alpha + |z - z0|)``: as
+    `pyroflows.pyro.RadialLayer`, plus ``key`` (keyword only).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from pyroflows.numpyro.residual import RadialLayer
+        >>> z, log_det = RadialLayer(3, key=jax.random.key(0)).inverse_and_log_det(jnp.ones((5, 3)))
+        >>> log_det.shape
+        (5,)
+    """
+
+    owner = "RadialLayer"
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+        *,
+        activation: str = "relu",
+        invert: bool = False,
+        key: Array | None = None,
+    ) -> None:
+        key = _check_key(key, "RadialLayer")
+        features = _checks.check_int("features", features, 1)
+        own, net = jax.random.split(key)
+        init = {
+            "z0": jax.random.normal(own, (features,)),
+            "alpha": jnp.zeros(1),
+            "beta": jnp.zeros(1),
+        }
+        self._setup(features, context, hidden, activation, invert, None, 1,
+                    radial_layout(features), init, net)  # fmt: skip
+
+    def _ordered_layout(self):
+        return list(radial_layout(self.features).items())
+
+    @staticmethod
+    def _alpha_beta(p: dict[str, Array]) -> tuple[Array, Array]:
+        alpha = jax.nn.softplus(p["alpha"])
+        return alpha, alpha * above_minus_one(p["beta"])
+
+    def _log_det(self, alpha: Array, beta: Array, r: Array) -> Array:
+        h = 1 / (alpha + r)
+        log_det = (self.features - 1) * jnp.log1p(beta * h) + jnp.log1p(beta * alpha * h * h)
+        return log_det[..., 0]
+
+    @staticmethod
+    def _norm(d: Array) -> Array:
+        return jnp.sqrt(jnp.maximum(jnp.sum(d * d, -1, keepdims=True), jnp.finfo(d.dtype).tiny))
+
+    def _explicit(self, z: Array, p: dict[str, Array]) -> tuple[Array, Array]:
+        alpha, beta = self._alpha_beta(p)
+        d = z - p["z0"]
+        r = self._norm(d)
+        return z + beta * d / (alpha + r), self._log_det(alpha, beta, r)
+
+    def _solve(self, y: Array, p: dict[str, Array], atol: float) -> tuple[Array, Array]:
+        alpha, beta = self._alpha_beta(p)
+        d = y - p["z0"]
+        rho = self._norm(d)
+        half_b = (alpha + beta - rho) / 2
+        root = jnp.sqrt(half_b * half_b + alpha * rho)
+        # r = -half_b + root, written without cancellation for either sign of half_b
+        r = jnp.where(half_b > 0, alpha * rho / (half_b + root), root - half_b)
+        return p["z0"] + d / (1 + beta / (alpha + r)), self._log_det(alpha, beta, r)
+
+
+class SylvesterLayer(_ClosedFormLayer):
+    """Sylvester layer ``z + Q R tanh(R~ Q^T z + b)``: as `pyroflows.pyro.SylvesterLayer`,
+    plus ``key`` (keyword only).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from pyroflows.numpyro.residual import SylvesterLayer
+        >>> layer = SylvesterLayer(3, kind="householder", reflections=2, key=jax.random.key(0))
+        >>> z, log_det = layer.inverse_and_log_det(jnp.ones((5, 3)))
+        >>> log_det.shape
+        (5,)
+    """
+
+    kind: str = eqx.field(static=True)
+    columns: int = eqx.field(static=True)
+    reflections: int = eqx.field(static=True)
+    reverse: bool = eqx.field(static=True)
+
+    owner = "SylvesterLayer"
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+        *,
+        kind: str = "orthogonal",
+        columns: int | None = None,
+        reflections: int | None = None,
+        reverse: bool = False,
+        activation: str = "relu",
+        invert: bool = False,
+        atol: float | None = None,
+        max_iter: int = 100,
+        key: Array | None = None,
+    ) -> None:
+        key = _check_key(key, "SylvesterLayer")
+        features = _checks.check_int("features", features, 1)
+        kind, m, k = check_sylvester_options(features, kind, columns, reflections)
+        if reverse and kind != "triangular":
+            raise ValueError(f"reverse is for kind='triangular' only, got kind={kind!r}")
+        q_key, v_key, r_key, net = jax.random.split(key, 4)
+        init = {
+            "q": jax.random.normal(q_key, (features, m)),
+            "v": jax.random.normal(v_key, (k, features)),
+            "r": jnp.zeros((m, m)),
+            "r_tilde": jax.random.normal(r_key, (m, m)) / math.sqrt(m),
+            "b": jnp.zeros(m),
+        }
+        self.kind, self.columns, self.reflections, self.reverse = kind, m, k, bool(reverse)
+        self._setup(features, context, hidden, activation, invert, atol, max_iter,
+                    sylvester_layout(features, kind, m, k), init, net)  # fmt: skip
+
+    def _ordered_layout(self):
+        return list(
+            sylvester_layout(self.features, self.kind, self.columns, self.reflections).items()
+        )
+
+    def _q(self, p: dict[str, Array], like: Array) -> Array:
+        if self.kind == "orthogonal":
+            return _orthogonalize(p["q"])
+        if self.kind == "householder":
+            return _householder(p["v"])
+        eye = jnp.eye(self.features, dtype=like.dtype)
+        return (eye[:, ::-1] if self.reverse else eye)[None]
+
+    def _parts(self, p: dict[str, Array], like: Array):
+        return self._q(p, like), _upper(p["r"]), _upper(p["r_tilde"]), p["b"]
+
+    @staticmethod
+    def _log_det(r: Array, r_tilde: Array, th: Array) -> Array:
+        diagonal = jnp.diagonal(r, axis1=-2, axis2=-1) * jnp.diagonal(r_tilde, axis1=-2, axis2=-1)
+        return jnp.sum(jnp.log1p(diagonal * (1 - th * th)), -1)
+
+    def _explicit(self, z: Array, p: dict[str, Array]) -> tuple[Array, Array]:
+        q, r, r_tilde, b = self._parts(p, z)
+        v = (z[..., None, :] @ q)[..., 0, :]  # Q^T z
+        th = jnp.tanh((r_tilde @ v[..., None])[..., 0] + b)
+        y = z + (q @ (r @ th[..., None]))[..., 0]
+        return y, self._log_det(r, r_tilde, th)
+
+    def _solve(self, y: Array, p: dict[str, Array], atol: float) -> tuple[Array, Array]:
+        q, r, r_tilde, b = self._parts(p, y)
+        target = (y[..., None, :] @ q)[..., 0, :]  # Q^T y
+        m = self.columns
+        cols = jnp.arange(m)
+        rd, rtd, bd, td = (jax.lax.stop_gradient(a) for a in (r, r_tilde, b, target))
+
+        def back_substitute(j, state):  # v_i once v_(i+1..) are known, i = m - 1 - j
+            v, th, done, step = state
+            i = m - 1 - j
+            later = cols > i
+            r_row, rt_row = jnp.take(rd, i, axis=-2), jnp.take(rtd, i, axis=-2)
+            known = jnp.sum(r_row * th * later, -1)
+            c = jnp.take(bd, i, axis=-1) + jnp.sum(rt_row * v * later, -1)
+            s, k = jnp.take(r_row, i, axis=-1), jnp.take(rt_row, i, axis=-1)
+            t = jnp.take(td, i, axis=-1) - known
+            x, ok, last = solve_monotone(s, k, c, t, atol, self.max_iter)
+            here = cols == i
+            v = jnp.where(here, x[..., None], v)
+            th = jnp.where(here, jnp.tanh(k * x + c)[..., None], th)
+            done = jnp.where(here, ok[..., None], done)
+            step = jnp.where(here, last[..., None], step)
+            return v, th, done, step
+
+        start = (jnp.zeros_like(td), jnp.zeros_like(td), jnp.ones(td.shape, bool),
+                 jnp.zeros_like(td))  # fmt: skip
+        v, _, done, step = jax.lax.fori_loop(0, m, back_substitute, start)
+        v = _check_converged(self.owner, self.max_iter, atol, done, step, v)
+        # one Newton step of the whole (triangular) system in the graph: exact gradients
+        th = jnp.tanh((r_tilde @ v[..., None])[..., 0] + b)
+        residual = v + (r @ th[..., None])[..., 0] - target
+        jacobian = jnp.eye(m, dtype=y.dtype) + (r * (1 - th * th)[..., None, :]) @ r_tilde
+        jacobian = jax.lax.stop_gradient(jnp.broadcast_to(jacobian, (*v.shape, m)))
+        v = (
+            v
+            - jax.scipy.linalg.solve_triangular(jacobian, residual[..., None], lower=False)[..., 0]
+        )
+        th = jnp.tanh((r_tilde @ v[..., None])[..., 0] + b)
+        z = y - (q @ (r @ th[..., None]))[..., 0]
+        return z, self._log_det(r, r_tilde, th)

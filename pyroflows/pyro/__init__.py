@@ -14,13 +14,29 @@ from pyroflows.pyro.core import Bijection, Chain, ConditionedBijection, Invert
 from pyroflows.pyro.coupling import Coupling
 from pyroflows.pyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
 from pyroflows.pyro.distributions import Flow, FlowDistribution
-from pyroflows.pyro.flows import IAF, MAF, NICE, NSF, RealNVP, ResidualFlow
+from pyroflows.pyro.flows import (
+    IAF,
+    MAF,
+    NICE,
+    NSF,
+    Planar,
+    Radial,
+    RealNVP,
+    ResidualFlow,
+    Sylvester,
+)
 from pyroflows.pyro.image import Logit, bits_per_dim, dequantize
 from pyroflows.pyro.infer import AutoFlow
 from pyroflows.pyro.linear import ActNorm, LULinear, Permute, Reverse, Scale
 from pyroflows.pyro.nn import MADE, MLP
 from pyroflows.pyro.params import get_params, set_params
-from pyroflows.pyro.residual import ConvergenceError, ResidualBlock
+from pyroflows.pyro.residual import (
+    ConvergenceError,
+    PlanarLayer,
+    RadialLayer,
+    ResidualBlock,
+    SylvesterLayer,
+)
 from pyroflows.pyro.train import fit
 from pyroflows.pyro.transformers import (
     AdditiveTransformer,
@@ -56,6 +72,12 @@ __all__ = [
     "RealNVP",
     "ResidualBlock",
     "ResidualFlow",
+    "PlanarLayer",
+    "RadialLayer",
+    "SylvesterLayer",
+    "Planar",
+    "Radial",
+    "Sylvester",
     "Reverse",
     "Scale",
     "SplineTransformer",

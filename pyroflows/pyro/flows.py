@@ -42,7 +42,7 @@ from pyroflows.pyro.autoregressive import MaskedAutoregressive
 from pyroflows.pyro.coupling import Coupling
 from pyroflows.pyro.distributions import Flow
 from pyroflows.pyro.linear import ActNorm, Scale
-from pyroflows.pyro.residual import ResidualBlock
+from pyroflows.pyro.residual import PlanarLayer, RadialLayer, ResidualBlock, SylvesterLayer
 from pyroflows.pyro.transformers import (
     AdditiveTransformer,
     AffineTransformer,
@@ -50,7 +50,7 @@ from pyroflows.pyro.transformers import (
     Transformer,
 )
 
-__all__ = ["NICE", "RealNVP", "NSF", "MAF", "IAF", "ResidualFlow"]
+__all__ = ["NICE", "RealNVP", "NSF", "MAF", "IAF", "ResidualFlow", "Planar", "Radial", "Sylvester"]
 
 
 def _check_transforms(transforms: int) -> int:
@@ -281,6 +281,7 @@ def ResidualFlow(  # noqa: N802
     lipschitz: float = 0.9,
     logdet: str = "unbiased",
     activation: str = "lipswish",
+    invert: bool = False,
     base: Distribution | None = None,
 ) -> Flow:
     """Residual flow (Behrmann et al., 2019; Chen et al., 2019): invertible residual blocks
@@ -302,6 +303,9 @@ def ResidualFlow(  # noqa: N802
         lipschitz: Bound on the spectral norm of each layer of a block, in ``(0, 1)``.
         logdet: ``"unbiased"`` (training default), ``"series"`` or ``"exact"``.
         activation: ``"lipswish"``, ``"elu"`` or ``"tanh"``.
+        invert: ``True``: the blocks' explicit direction is base -> data (one-pass sampling
+            and scoring of the flow's own samples, for guides; ``log_prob`` of other points
+            then inverts each block by fixed-point iteration).
         base: Base distribution (default standard normal).
 
     Examples:
@@ -322,7 +326,157 @@ def ResidualFlow(  # noqa: N802
                 lipschitz=lipschitz,
                 logdet=logdet,
                 activation=activation,
+                invert=invert,
             )
         )
         layers.append(ActNorm(features))
     return Flow(layers, base)
+
+
+_PLANAR_NOTE = """
+    ``invert=False`` (the default, as for every recipe) makes the layers' explicit map the
+    data -> base direction: ``log_prob`` of data is one pass and sampling inverts each layer
+    (a safe solve that raises `ConvergenceError` rather than return an unconverged point).
+    ``invert=True`` is the direction of the papers, for variational guides: sampling and the
+    score of the flow's own samples are one pass (`AutoFlow` and `AmortizedFlow` build it).
+    With ``context > 0`` each layer's parameters are its own values plus the output of an
+    MLP of the context (``hidden``, zero-initialised, so a fresh flow is the identity): the
+    amortized flows of van den Berg et al. (2018)."""
+
+
+def Planar(  # noqa: N802
+    features: int,
+    context: int = 0,
+    transforms: int = 5,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    invert: bool = False,
+    activation: str = "relu",
+    base: Distribution | None = None,
+) -> Flow:
+    """Planar flow (Rezende & Mohamed, 2015): ``transforms`` `PlanarLayer` s.
+
+    {note}
+
+    Args:
+        features: Event size.
+        context: Context size (0 for an unconditional flow).
+        transforms: Number of layers.
+        hidden: Hidden widths of the context MLP of each layer (unused without context).
+        invert: Explicit direction base -> data (guides) instead of data -> base.
+        activation: Activation of the context MLPs.
+        base: Base distribution (default standard normal).
+
+    Examples:
+        >>> import torch
+        >>> import pyroflows.pyro as pf
+        >>> flow = pf.Planar(2, transforms=4, invert=True)
+        >>> x = flow().rsample((3,))
+        >>> flow().log_prob(x).shape
+        torch.Size([3])
+    """
+    layers = [
+        PlanarLayer(features, context, hidden, activation=activation, invert=invert)
+        for _ in range(_check_transforms(transforms))
+    ]
+    return Flow(layers, base)
+
+
+def Radial(  # noqa: N802
+    features: int,
+    context: int = 0,
+    transforms: int = 5,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    invert: bool = False,
+    activation: str = "relu",
+    base: Distribution | None = None,
+) -> Flow:
+    """Radial flow (Rezende & Mohamed, 2015): ``transforms`` `RadialLayer` s (their inverse
+    is closed-form).
+
+    {note}
+
+    Args:
+        features: Event size.
+        context: Context size (0 for an unconditional flow).
+        transforms: Number of layers.
+        hidden: Hidden widths of the context MLP of each layer (unused without context).
+        invert: Explicit direction base -> data (guides) instead of data -> base.
+        activation: Activation of the context MLPs.
+        base: Base distribution (default standard normal).
+
+    Examples:
+        >>> import torch
+        >>> import pyroflows.pyro as pf
+        >>> pf.Radial(2, transforms=4)().log_prob(torch.randn(3, 2)).shape
+        torch.Size([3])
+    """
+    layers = [
+        RadialLayer(features, context, hidden, activation=activation, invert=invert)
+        for _ in range(_check_transforms(transforms))
+    ]
+    return Flow(layers, base)
+
+
+def Sylvester(  # noqa: N802
+    features: int,
+    context: int = 0,
+    transforms: int = 5,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    kind: str = "orthogonal",
+    columns: int | None = None,
+    reflections: int | None = None,
+    invert: bool = False,
+    activation: str = "relu",
+    base: Distribution | None = None,
+) -> Flow:
+    """Sylvester flow (van den Berg et al., 2018): ``transforms`` `SylvesterLayer` s.
+
+    ``kind="orthogonal"`` orthogonalises a ``(features, columns)`` matrix per layer,
+    ``"householder"`` multiplies ``reflections`` Householder reflections, ``"triangular"``
+    alternates the identity and the reversal permutation between layers (layer ``i``
+    reverses when ``i`` is odd).
+
+    {note}
+
+    Args:
+        features: Event size.
+        context: Context size (0 for an unconditional flow).
+        transforms: Number of layers.
+        hidden: Hidden widths of the context MLP of each layer (unused without context).
+        kind: ``"orthogonal"``, ``"householder"`` or ``"triangular"``.
+        columns: Columns ``M`` of ``Q`` for ``"orthogonal"`` (default ``features``).
+        reflections: Householder reflections per layer (default ``features``).
+        invert: Explicit direction base -> data (guides) instead of data -> base.
+        activation: Activation of the context MLPs.
+        base: Base distribution (default standard normal).
+
+    Examples:
+        >>> import torch
+        >>> import pyroflows.pyro as pf
+        >>> flow = pf.Sylvester(3, transforms=2, kind="householder", reflections=2)
+        >>> flow().log_prob(torch.randn(4, 3)).shape
+        torch.Size([4])
+    """
+    layers = [
+        SylvesterLayer(
+            features,
+            context,
+            hidden,
+            kind=kind,
+            columns=columns,
+            reflections=reflections,
+            reverse=kind == "triangular" and i % 2 == 1,
+            activation=activation,
+            invert=invert,
+        )
+        for i in range(_check_transforms(transforms))
+    ]
+    return Flow(layers, base)
+
+
+for _recipe in (Planar, Radial, Sylvester):  # one paragraph shared by three docstrings
+    if _recipe.__doc__:
+        _recipe.__doc__ = _recipe.__doc__.replace("    {note}", _PLANAR_NOTE.strip("\n"))

@@ -29,23 +29,40 @@ the incoming gradient is solved against ``(I + J_g)^T`` by the same kind of iter
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from pyroflows import _checks
 from pyroflows._residual import (
+    ABOVE_MINUS_ONE_SHIFT,
     LOGDET_MODES,
     ROULETTE_STOP,
     ConvergenceError,
     check_block_options,
+    check_solve_options,
+    check_sylvester_options,
     convergence_message,
     default_atol,
+    layout_size,
+    planar_layout,
+    radial_layout,
+    sylvester_layout,
 )
 from pyroflows.pyro.core import Bijection, broadcast_context
-from pyroflows.pyro.nn import LipschitzMLP
+from pyroflows.pyro.nn import MLP, LipschitzMLP
+from pyroflows.pyro.transformers import softplus
 
-__all__ = ["ResidualBlock", "ConvergenceError", "LOGDET_MODES"]
+__all__ = [
+    "ResidualBlock",
+    "PlanarLayer",
+    "RadialLayer",
+    "SylvesterLayer",
+    "ConvergenceError",
+    "LOGDET_MODES",
+]
 
 
 class ResidualBlock(Bijection):
@@ -261,3 +278,455 @@ class ResidualBlock(Bijection):
         if self.invert:
             return self._solve(y, context)
         return self._explicit(y, context)
+
+
+# --- planar, radial and Sylvester layers ------------------------------------------------------
+
+
+def above_minus_one(value: Tensor) -> Tensor:
+    """``softplus(value + log(e - 1)) - 1``: onto ``(-1, inf)``, ``0`` at ``0``."""
+    return softplus(value + ABOVE_MINUS_ONE_SHIFT) - 1
+
+
+def solve_monotone(
+    s: Tensor, q: Tensor, c: Tensor, t: Tensor, atol: float, max_iter: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``x`` with ``x + s * tanh(q * x + c) = t`` elementwise, for ``s * q > -1`` (the left side
+    then increases with ``x``, and the root lies in ``[t - |s|, t + |s|]``).
+
+    Newton's method, safeguarded by bisection on that bracket: a Newton step that leaves the
+    bracket is replaced by its midpoint. An element is done when its last step moved it by at
+    most ``atol * (1 + |x|)``. No gradient; returns ``x``, the done flags and the last steps.
+    """
+    with torch.no_grad():
+        s, q, c, t = torch.broadcast_tensors(s, q, c, t)
+        lo, hi = t - s.abs(), t + s.abs()
+        x = t.clone()
+        done = torch.zeros_like(t, dtype=torch.bool)
+        step = torch.zeros_like(t)
+        for _ in range(max_iter):
+            th = torch.tanh(q * x + c)
+            f = x + s * th - t
+            df = 1 + s * q * (1 - th * th)
+            hi = torch.where(f > 0, x, hi)
+            lo = torch.where(f < 0, x, lo)
+            new = x - f / df
+            new = torch.where((new > lo) & (new < hi), new, (lo + hi) / 2)
+            step = (new - x).abs()
+            x = new
+            done = step <= atol * (1 + x.abs())
+            if bool(done.all()):
+                break
+    return x, done, step
+
+
+def _raise_unconverged(owner: str, max_iter: int, atol: float, done: Tensor, step: Tensor):
+    rows = done.reshape(done.shape[0], -1).all(-1)
+    if not bool(rows.all()):
+        raise ConvergenceError(
+            convergence_message(
+                max_iter,
+                atol,
+                int((~rows).sum()),
+                rows.shape[0],
+                float(step.max()),
+                owner=owner,
+                method="inverse",
+            )
+        )
+
+
+def _upper(matrix: Tensor) -> Tensor:
+    """The strict upper triangle of ``matrix`` with ``tanh`` of its diagonal on the diagonal."""
+    diagonal = torch.tanh(torch.diagonal(matrix, dim1=-2, dim2=-1))
+    return torch.triu(matrix, 1) + torch.diag_embed(diagonal)
+
+
+def _orthogonalize(matrix: Tensor) -> Tensor:
+    """The ``Q`` of the QR decomposition of ``matrix`` ``(..., D, M)``, with its columns'
+    signs chosen so that ``R`` has a non-negative diagonal (unique, the same in both backends)."""
+    q, r = torch.linalg.qr(matrix)
+    sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+    return q * torch.where(sign == 0, 1.0, sign).unsqueeze(-2)
+
+
+def _householder(vectors: Tensor) -> Tensor:
+    """``H_1 H_2 ... H_K`` for ``vectors`` ``(..., K, D)``, ``H_k = I - 2 v_k v_k^T / |v_k|^2``
+    (a zero vector gives ``H_k = I``)."""
+    features = vectors.shape[-1]
+    norm = vectors.square().sum(-1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny)
+    unit = vectors / norm.sqrt()
+    eye = torch.eye(features, dtype=vectors.dtype, device=vectors.device)
+    q = eye.expand(*vectors.shape[:-2], features, features)
+    for k in range(vectors.shape[-2]):
+        vk = unit[..., k, :]
+        q = q - 2 * (q @ vk.unsqueeze(-1)) * vk.unsqueeze(-2)
+    return q
+
+
+class _ClosedFormLayer(Bijection):
+    """Base of the planar, radial and Sylvester layers: an explicit map with a closed-form
+    log-det, its inverse by a safe solve, and parameters that a network computes from the
+    context (their own values plus the network's zero-initialised output)."""
+
+    owner = "layer"
+
+    def __init__(
+        self,
+        features: int,
+        context: int,
+        hidden: Sequence[int],
+        activation: str,
+        invert: bool,
+        atol: float | None,
+        max_iter: int,
+        layout: dict[str, tuple[int, ...]],
+        init: dict[str, Tensor],
+    ) -> None:
+        super().__init__(features, context)
+        self.atol, self.max_iter = check_solve_options(atol, max_iter)
+        self.invert = bool(invert)
+        self.layout = layout
+        self.params = nn.ParameterDict({name: nn.Parameter(init[name]) for name in layout})
+        self.conditioner = (
+            MLP(self.context_features, layout_size(layout), hidden, activation)
+            if self.context_features
+            else None
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", invert={self.invert}"
+
+    def _values(self, c: Tensor | None) -> dict[str, Tensor]:
+        """The parameters, ``(n, *shape)`` with a context and ``(1, *shape)`` without."""
+        if self.conditioner is None:
+            return {name: value.unsqueeze(0) for name, value in self.params.items()}
+        flat = self.conditioner(c)
+        values, start = {}, 0
+        for name, shape in self.layout.items():
+            size = math.prod(shape)
+            values[name] = self.params[name] + flat[:, start : start + size].reshape(-1, *shape)
+            start += size
+        return values
+
+    def _run(self, value: Tensor, context: Tensor | None, explicit: bool):
+        value, context = broadcast_context(value, context)
+        flat = value.reshape(-1, self.features)
+        if flat.shape[0] == 0:
+            return value.clone(), value.new_zeros(value.shape[:-1])
+        c = None if context is None else context.reshape(-1, self.context_features)
+        p = self._values(c)
+        if explicit:
+            out, log_det = self._explicit(flat, p)
+        else:
+            atol = default_atol(self.atol, torch.finfo(flat.dtype).eps)
+            out, log_det = self._solve(flat, p, atol)
+            log_det = -log_det
+        return out.reshape(value.shape), log_det.reshape(value.shape[:-1])
+
+    def _explicit(self, z: Tensor, p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _solve(self, y: Tensor, p: dict[str, Tensor], atol: float) -> tuple[Tensor, Tensor]:
+        """``z`` with ``explicit(z) = y`` and the explicit map's log-det at ``z``."""
+        raise NotImplementedError
+
+    def forward_and_log_det(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return self._run(x, context, explicit=self.invert)
+
+    def inverse_and_log_det(
+        self, y: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return self._run(y, context, explicit=not self.invert)
+
+
+class PlanarLayer(_ClosedFormLayer):
+    """Planar layer (Rezende & Mohamed, 2015): ``z + u_hat * tanh(w^T z + b)``.
+
+    ``u_hat = u + (m(w^T u) - w^T u) w / |w|^2`` with ``m(x) = softplus(x + log(e - 1)) - 1``,
+    so ``w^T u_hat = m(w^T u) > -1`` and the layer is invertible; ``u = 0`` (the
+    initialisation) is the identity. The inverse solves the scalar equation
+    ``a + m(w^T u) tanh(a) = w^T y + b`` for ``a = w^T z + b`` (safeguarded Newton; see
+    `solve_monotone`), then ``z = y - u_hat tanh(a)``; a row that does not converge in
+    ``max_iter`` iterations raises `ConvergenceError`.
+
+    Args:
+        features: Event size.
+        context: Context size: ``u``, ``w``, ``b`` are then the layer's own values plus the
+            output of an MLP of the context (zero-initialised), the amortized form.
+        hidden: Hidden widths of that MLP.
+        activation: Its activation.
+        invert: ``False``: the explicit map is data -> base (one-pass ``log_prob``);
+            ``True``: base -> data (one-pass sampling and scoring of samples, for guides).
+        atol: Tolerance of the inverse, relative to ``1 + |a|`` (default ``64 * eps``).
+        max_iter: Most iterations of the inverse.
+
+    Examples:
+        >>> import torch
+        >>> from pyroflows.pyro.residual import PlanarLayer
+        >>> layer = PlanarLayer(3)
+        >>> z, log_det = layer.inverse_and_log_det(torch.randn(5, 3))
+        >>> log_det.shape
+        torch.Size([5])
+    """
+
+    owner = "PlanarLayer"
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+        *,
+        activation: str = "relu",
+        invert: bool = False,
+        atol: float | None = None,
+        max_iter: int = 100,
+    ) -> None:
+        features = _checks.check_int("features", features, 1)
+        init = {
+            "u": torch.zeros(features),
+            "w": torch.randn(features) / math.sqrt(features),
+            "b": torch.zeros(1),
+        }
+        super().__init__(features, context, hidden, activation, invert, atol, max_iter,
+                         planar_layout(features), init)  # fmt: skip
+
+    @staticmethod
+    def _u_hat(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        wu = (w * u).sum(-1, keepdim=True)
+        s = above_minus_one(wu)
+        norm = w.square().sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+        return u + (s - wu) * w / norm, s
+
+    def _explicit(self, z: Tensor, p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        u_hat, s = self._u_hat(p["u"], p["w"])
+        th = torch.tanh((p["w"] * z).sum(-1, keepdim=True) + p["b"])
+        return z + u_hat * th, torch.log1p(s * (1 - th * th)).squeeze(-1)
+
+    def _solve(self, y: Tensor, p: dict[str, Tensor], atol: float) -> tuple[Tensor, Tensor]:
+        u_hat, s = self._u_hat(p["u"], p["w"])
+        t = (p["w"] * y).sum(-1, keepdim=True) + p["b"]
+        one, zero = torch.ones_like(s), torch.zeros_like(s)
+        a, done, step = solve_monotone(s, one, zero, t, atol, self.max_iter)
+        _raise_unconverged(self.owner, self.max_iter, atol, done, step)
+        # one Newton step in the graph: the exact (implicit) gradient of the root
+        th = torch.tanh(a)
+        a = a - (a + s * th - t) / (1 + s * (1 - th * th)).detach()
+        th = torch.tanh(a)
+        return y - u_hat * th, torch.log1p(s * (1 - th * th)).squeeze(-1)
+
+
+class RadialLayer(_ClosedFormLayer):
+    """Radial layer (Rezende & Mohamed, 2015): ``z + beta (z - z0) / (alpha + |z - z0|)``.
+
+    ``alpha = softplus(alpha_raw) > 0`` and ``beta = alpha * m(beta_raw) > -alpha`` (``m`` as
+    in `PlanarLayer`), so the layer is invertible; ``beta_raw = 0`` (the initialisation) is
+    the identity. The inverse is closed-form: ``r = |z - z0|`` is the positive root of
+    ``r^2 + (alpha + beta - rho) r - alpha rho = 0`` with ``rho = |y - z0|`` (taken in the
+    form without cancellation).
+
+    Args:
+        features: Event size.
+        context: Context size (the parameters then come from an MLP of it, as in
+            `PlanarLayer`).
+        hidden: Hidden widths of that MLP.
+        activation: Its activation.
+        invert: As in `PlanarLayer`.
+
+    Examples:
+        >>> import torch
+        >>> from pyroflows.pyro.residual import RadialLayer
+        >>> z, log_det = RadialLayer(3).inverse_and_log_det(torch.randn(5, 3))
+        >>> log_det.shape
+        torch.Size([5])
+    """
+
+    owner = "RadialLayer"
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+        *,
+        activation: str = "relu",
+        invert: bool = False,
+    ) -> None:
+        features = _checks.check_int("features", features, 1)
+        init = {"z0": torch.randn(features), "alpha": torch.zeros(1), "beta": torch.zeros(1)}
+        super().__init__(features, context, hidden, activation, invert, None, 1,
+                         radial_layout(features), init)  # fmt: skip
+
+    def _alpha_beta(self, p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        alpha = softplus(p["alpha"])
+        return alpha, alpha * above_minus_one(p["beta"])
+
+    def _log_det(self, alpha: Tensor, beta: Tensor, r: Tensor) -> Tensor:
+        h = 1 / (alpha + r)
+        log_det = (self.features - 1) * torch.log1p(beta * h) + torch.log1p(beta * alpha * h * h)
+        return log_det.squeeze(-1)
+
+    @staticmethod
+    def _norm(d: Tensor) -> Tensor:
+        return d.square().sum(-1, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny).sqrt()
+
+    def _explicit(self, z: Tensor, p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        alpha, beta = self._alpha_beta(p)
+        d = z - p["z0"]
+        r = self._norm(d)
+        return z + beta * d / (alpha + r), self._log_det(alpha, beta, r)
+
+    def _solve(self, y: Tensor, p: dict[str, Tensor], atol: float) -> tuple[Tensor, Tensor]:
+        alpha, beta = self._alpha_beta(p)
+        d = y - p["z0"]
+        rho = self._norm(d)
+        half_b = (alpha + beta - rho) / 2
+        root = torch.sqrt(half_b * half_b + alpha * rho)
+        # r = -half_b + root, written without cancellation for either sign of half_b
+        r = torch.where(half_b > 0, alpha * rho / (half_b + root), root - half_b)
+        return p["z0"] + d / (1 + beta / (alpha + r)), self._log_det(alpha, beta, r)
+
+
+class SylvesterLayer(_ClosedFormLayer):
+    """Sylvester layer (van den Berg et al., 2018): ``z + Q R tanh(R~ Q^T z + b)``.
+
+    ``Q`` ``(features, M)`` has orthonormal columns and ``R``, ``R~`` ``(M, M)`` are upper
+    triangular with diagonals ``tanh`` of their parameters, so ``R_ii R~_ii > -1`` and the
+    layer is invertible, with ``log|det| = sum_i log(1 + R_ii R~_ii tanh'(psi_i))``.
+
+    ``kind`` chooses ``Q``:
+
+    * ``"orthogonal"``: the QR orthogonalisation of a ``(features, columns)`` parameter
+      ``q`` (signs fixed so that ``R`` of the QR has a non-negative diagonal);
+    * ``"householder"``: the product of ``reflections`` Householder reflections (``M =
+      features``);
+    * ``"triangular"``: the identity, or the reversal permutation with ``reverse=True``
+      (recipes alternate the two).
+
+    ``R`` starts at zero, so a fresh layer is the identity. The inverse keeps the component
+    of ``y`` orthogonal to ``Q``'s columns and solves ``v + R tanh(R~ v + b) = Q^T y`` for
+    ``v = Q^T z`` by back-substitution (the system is upper triangular): ``M`` scalar
+    equations, each by the safeguarded Newton solve of `PlanarLayer`, then one Newton step of
+    the whole system in the graph for exact gradients. A row that does not converge in
+    ``max_iter`` iterations raises `ConvergenceError`.
+
+    Args:
+        features: Event size.
+        context: Context size (all parameters then come from an MLP of it, the amortized
+            Sylvester flows of the paper).
+        hidden: Hidden widths of that MLP.
+        kind: ``"orthogonal"``, ``"householder"`` or ``"triangular"``.
+        columns: ``M`` for ``"orthogonal"`` (default ``features``).
+        reflections: Number of reflections for ``"householder"`` (default ``features``).
+        reverse: ``"triangular"`` only: ``Q`` reverses the features.
+        activation: Activation of the context MLP.
+        invert: As in `PlanarLayer`.
+        atol: Tolerance of the inverse (default ``64 * eps``).
+        max_iter: Most iterations of each scalar solve.
+
+    Examples:
+        >>> import torch
+        >>> from pyroflows.pyro.residual import SylvesterLayer
+        >>> layer = SylvesterLayer(3, kind="householder", reflections=2)
+        >>> z, log_det = layer.inverse_and_log_det(torch.randn(5, 3))
+        >>> log_det.shape
+        torch.Size([5])
+    """
+
+    owner = "SylvesterLayer"
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+        *,
+        kind: str = "orthogonal",
+        columns: int | None = None,
+        reflections: int | None = None,
+        reverse: bool = False,
+        activation: str = "relu",
+        invert: bool = False,
+        atol: float | None = None,
+        max_iter: int = 100,
+    ) -> None:
+        features = _checks.check_int("features", features, 1)
+        kind, m, k = check_sylvester_options(features, kind, columns, reflections)
+        if reverse and kind != "triangular":
+            raise ValueError(f"reverse is for kind='triangular' only, got kind={kind!r}")
+        init = {
+            "q": torch.randn(features, m),
+            "v": torch.randn(k, features),
+            "r": torch.zeros(m, m),
+            "r_tilde": torch.randn(m, m) / math.sqrt(m),
+            "b": torch.zeros(m),
+        }
+        super().__init__(features, context, hidden, activation, invert, atol, max_iter,
+                         sylvester_layout(features, kind, m, k), init)  # fmt: skip
+        self.kind, self.columns, self.reverse = kind, m, bool(reverse)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", kind={self.kind!r}, columns={self.columns}"
+
+    def _q(self, p: dict[str, Tensor], like: Tensor) -> Tensor:
+        if self.kind == "orthogonal":
+            return _orthogonalize(p["q"])
+        if self.kind == "householder":
+            return _householder(p["v"])
+        eye = torch.eye(self.features, dtype=like.dtype, device=like.device)
+        return (eye.flip(-1) if self.reverse else eye).unsqueeze(0)
+
+    def _parts(self, p: dict[str, Tensor], like: Tensor):
+        return self._q(p, like), _upper(p["r"]), _upper(p["r_tilde"]), p["b"]
+
+    @staticmethod
+    def _log_det(r: Tensor, r_tilde: Tensor, th: Tensor) -> Tensor:
+        diagonal = torch.diagonal(r, dim1=-2, dim2=-1) * torch.diagonal(r_tilde, dim1=-2, dim2=-1)
+        return torch.log1p(diagonal * (1 - th * th)).sum(-1)
+
+    def _explicit(self, z: Tensor, p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        q, r, r_tilde, b = self._parts(p, z)
+        v = (z.unsqueeze(-2) @ q).squeeze(-2)  # Q^T z
+        th = torch.tanh((r_tilde @ v.unsqueeze(-1)).squeeze(-1) + b)
+        y = z + (q @ (r @ th.unsqueeze(-1))).squeeze(-1)
+        return y, self._log_det(r, r_tilde, th)
+
+    def _solve(self, y: Tensor, p: dict[str, Tensor], atol: float) -> tuple[Tensor, Tensor]:
+        q, r, r_tilde, b = self._parts(p, y)
+        target = (y.unsqueeze(-2) @ q).squeeze(-2)  # Q^T y
+        m = self.columns
+        cols = torch.arange(m, device=y.device)
+        with torch.no_grad():
+            rd, rtd, bd, td = r.detach(), r_tilde.detach(), b.detach(), target.detach()
+            v = torch.zeros_like(td)
+            th = torch.zeros_like(td)
+            done = torch.ones_like(td, dtype=torch.bool)
+            step = torch.zeros_like(td)
+            for i in reversed(range(m)):  # back-substitution: v_i once v_(i+1..) are known
+                later = cols > i
+                known = (rd[..., i, :] * th * later).sum(-1)
+                c = bd[..., i] + (rtd[..., i, :] * v * later).sum(-1)
+                s, k = rd[..., i, i], rtd[..., i, i]
+                x, ok, last = solve_monotone(s, k, c, td[..., i] - known, atol, self.max_iter)
+                here = cols == i
+                v = torch.where(here, x.unsqueeze(-1), v)
+                th = torch.where(here, torch.tanh(k * x + c).unsqueeze(-1), th)
+                done = torch.where(here, ok.unsqueeze(-1), done)
+                step = torch.where(here, last.unsqueeze(-1), step)
+        _raise_unconverged(self.owner, self.max_iter, atol, done, step)
+        # one Newton step of the whole (triangular) system in the graph: exact gradients
+        th = torch.tanh((r_tilde @ v.unsqueeze(-1)).squeeze(-1) + b)
+        residual = v + (r @ th.unsqueeze(-1)).squeeze(-1) - target
+        jacobian = (
+            torch.eye(m, dtype=y.dtype, device=y.device)
+            + (r * (1 - th * th).unsqueeze(-2)) @ r_tilde
+        ).detach()
+        v = v - torch.linalg.solve_triangular(jacobian, residual.unsqueeze(-1), upper=True).squeeze(
+            -1
+        )
+        th = torch.tanh((r_tilde @ v.unsqueeze(-1)).squeeze(-1) + b)
+        z = y - (q @ (r @ th.unsqueeze(-1))).squeeze(-1)
+        return z, self._log_det(r, r_tilde, th)
