@@ -215,10 +215,16 @@ class Encoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """Decoder, encoder and (for ``posterior="iaf"``) the amortized IAF."""
+    """Decoder, encoder and (for a ``posterior`` other than ``"gaussian"``) the amortized
+    flow."""
 
     def __init__(
-        self, settings: dict, posterior: str, transforms: int = 2, channels: int = 0
+        self,
+        settings: dict,
+        posterior: str,
+        transforms: int = 2,
+        channels: int = 0,
+        options: dict | None = None,
     ) -> None:
         super().__init__()
         pixels = int(np.prod(settings["shape"]))
@@ -226,7 +232,7 @@ class VAE(nn.Module):
         self.kind = settings["likelihood"]
         self.latent = latent
         out = pixels if self.kind == "bernoulli" else pixels * 3 * MIXTURE
-        context = 2 * latent if posterior == "iaf" else 0
+        context = 2 * latent if posterior != "gaussian" else 0
         shape = settings["shape"]
         self.encoder = Encoder(
             pixels, hidden, latent, context, self.kind != "bernoulli", shape, channels
@@ -236,9 +242,15 @@ class VAE(nn.Module):
             if channels
             else mlp([latent, hidden, hidden, out])
         )
-        self.iaf = (
-            pf.AmortizedIAF(latent, context, transforms=transforms, hidden=(hidden, hidden))
-            if posterior == "iaf"
+        self.amortized = (
+            pf.AmortizedFlow(
+                latent,
+                context,
+                posterior,
+                transforms=transforms,
+                **{"hidden": (hidden, hidden), **(options or {})},
+            )
+            if posterior != "gaussian"
             else None
         )
         self.register_buffer("zero", torch.zeros(()))
@@ -255,11 +267,11 @@ class VAE(nn.Module):
     def guide(self, x: Tensor) -> None:
         pyro.module("encoder", self.encoder)
         loc, scale, h = self.encoder(x)
-        if self.iaf is None:
+        if self.amortized is None:
             posterior = dist.Normal(loc, scale).to_event(1)
         else:
-            pyro.module("iaf", self.iaf)
-            posterior = self.iaf(loc, scale, h)
+            pyro.module("amortized", self.amortized)
+            posterior = self.amortized(loc, scale, h)
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=self.beta):
             pyro.sample("z", posterior)
 
@@ -331,7 +343,7 @@ def plot(vaes: dict[str, VAE], test: np.ndarray, shape: tuple[int, int], path: P
     rows = [("test images", x.numpy())]
     for name, vae in vaes.items():
         loc, scale, h = vae.encoder(x)
-        z = loc if vae.iaf is None else vae.iaf(loc, scale, h).sample()
+        z = loc if vae.amortized is None else vae.amortized(loc, scale, h).sample()
         rows.append((f"{name}: reconstructions", mean_image(vae, z)))
         rows.append((f"{name}: prior samples", mean_image(vae, torch.randn(8, vae.latent))))
     fig, axes = plt.subplots(len(rows), 8, figsize=(8, 1.2 * len(rows) * shape[0] / shape[1]))
@@ -368,7 +380,13 @@ def main(argv: list[str] | None = None) -> dict:
     results, vaes = {}, {}
     for posterior in args.posteriors:
         torch.manual_seed(args.seed)
-        vae = VAE(data, posterior, args.iaf_transforms, args.channels)
+        vae = VAE(
+            data,
+            posterior,
+            args.flow_transforms,
+            args.channels,
+            args.flow_options.get(posterior),
+        )
         print(f"{posterior} posterior ({sum(p.numel() for p in vae.parameters())} parameters)")
         start = time.perf_counter()
         info = train(vae, data, epochs, warmup, args.patience, args.seed, print, args.weight_decay)

@@ -19,6 +19,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 MIXTURE = 3  # logistic components per pixel for the 256-way categorical
+#: The posteriors (``--posteriors``): a diagonal Gaussian, or an `AmortizedFlow` of that
+#: name on the encoder's Gaussian (recipe options in ``args.flow_options[name]``).
+POSTERIORS = ("gaussian", "iaf", "planar", "radial", "sylvester")
 
 
 def load(dataset: str, data_dir: Path, split_seed: int = 123) -> dict:
@@ -58,7 +61,9 @@ def parse_args(
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--dataset", choices=["digits", "freyfaces"], default="digits")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--posteriors", nargs="+", default=["gaussian", "iaf"])
+    parser.add_argument(
+        "--posteriors", nargs="+", default=["gaussian", "iaf"], choices=list(POSTERIORS)
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None, help="KL warm-up epochs")
     parser.add_argument("--patience", type=int, default=50)
@@ -74,11 +79,42 @@ def parse_args(
     parser.add_argument(
         "--channels", type=int, default=0, help="gated conv nets of this width (0: MLPs)"
     )
-    parser.add_argument("--iaf-transforms", type=int, default=2, help="IAF layers")
+    parser.add_argument(
+        "--flow-transforms",
+        "--iaf-transforms",
+        type=int,
+        default=2,
+        dest="flow_transforms",
+        help="layers of the amortized flow (IAF, planar, radial, Sylvester)",
+    )
+    parser.add_argument(
+        "--flow-hidden",
+        type=int,
+        nargs="*",
+        default=None,
+        help="hidden widths of the flow's networks of h (default: two of --hidden; none "
+        "given: linear in h, as the Sylvester-flows paper amortizes)",
+    )
+    parser.add_argument(
+        "--sylvester-kind",
+        choices=["orthogonal", "householder", "triangular"],
+        default="orthogonal",
+        help="Q of the Sylvester layers",
+    )
+    parser.add_argument(
+        "--sylvester-columns", type=int, default=None, help="M of orthogonal Sylvester layers"
+    )
     if out:
         parser.add_argument("--out", type=Path, default=Path("outputs"))
     parser.add_argument("--quick", action="store_true", help="a few epochs: a smoke run")
     args = parser.parse_args(argv)
+    sylvester = {"kind": args.sylvester_kind}
+    if args.sylvester_columns is not None:
+        sylvester["columns"] = args.sylvester_columns
+    args.flow_options = {"sylvester": sylvester}
+    if args.flow_hidden is not None:
+        for name in POSTERIORS[1:]:
+            args.flow_options.setdefault(name, {})["hidden"] = tuple(args.flow_hidden)
 
     data = load(args.dataset, args.data, args.split_seed)
     if args.hidden is not None:

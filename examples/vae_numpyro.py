@@ -191,11 +191,18 @@ class Encoder(eqx.Module):
         return loc, jax.nn.softplus(raw) + 1e-4, h
 
 
-def build(settings: dict, posterior: str, key: jax.Array, transforms: int = 2, channels: int = 0):
+def build(
+    settings: dict,
+    posterior: str,
+    key: jax.Array,
+    transforms: int = 2,
+    channels: int = 0,
+    options: dict | None = None,
+):
     pixels = int(np.prod(settings["shape"]))
     latent, hidden, kind = settings["latent"], settings["hidden"], settings["likelihood"]
     out = pixels if kind == "bernoulli" else pixels * 3 * MIXTURE
-    context = 2 * latent if posterior == "iaf" else 0
+    context = 2 * latent if posterior != "gaussian" else 0
     k1, k2, k3 = jax.random.split(key, 3)
     shape = settings["shape"]
     encoder = Encoder(pixels, hidden, latent, context, kind != "bernoulli", k1, shape, channels)
@@ -204,9 +211,16 @@ def build(settings: dict, posterior: str, key: jax.Array, transforms: int = 2, c
         if channels
         else MLP([latent, hidden, hidden, out], k2)
     )
-    iaf = (
-        pfj.AmortizedIAF(latent, context, transforms=transforms, hidden=(hidden, hidden), key=k3)
-        if posterior == "iaf"
+    amortized = (
+        pfj.AmortizedFlow(
+            latent,
+            context,
+            posterior,
+            transforms=transforms,
+            key=k3,
+            **{"hidden": (hidden, hidden), **(options or {})},
+        )
+        if posterior != "gaussian"
         else None
     )
 
@@ -219,14 +233,14 @@ def build(settings: dict, posterior: str, key: jax.Array, transforms: int = 2, c
 
     def guide(x, beta=1.0):
         loc, scale, h = eqx_module("encoder", encoder)(x)
-        if iaf is None:
+        if amortized is None:
             q = dist.Normal(loc, scale).to_event(1)
         else:
-            q = eqx_module("iaf", iaf)(loc, scale, h)
+            q = eqx_module("amortized", amortized)(loc, scale, h)
         with numpyro.plate("data", x.shape[0]), numpyro.handlers.scale(scale=beta):
             numpyro.sample("z", q)
 
-    return model, guide, dict(encoder=encoder, decoder=decoder, iaf=iaf, latent=latent)
+    return model, guide, dict(encoder=encoder, decoder=decoder, amortized=amortized, latent=latent)
 
 
 def elbo_loss(elbo: Trace_ELBO, model, guide):
@@ -246,7 +260,14 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for posterior in args.posteriors:
         key = jax.random.key(args.seed)
-        model, guide, _ = build(data, posterior, key, args.iaf_transforms, args.channels)
+        model, guide, _ = build(
+            data,
+            posterior,
+            key,
+            args.flow_transforms,
+            args.channels,
+            args.flow_options.get(posterior),
+        )
         lr = 1e-3
         optimizer = optax.chain(
             optax.scale_by_adamax(), optax.add_decayed_weights(args.weight_decay), optax.scale(-lr)

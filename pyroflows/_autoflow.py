@@ -20,6 +20,9 @@ import numpy as np
 __all__ = [
     "BASES",
     "RECIPE_NAMES",
+    "RESIDUAL_RECIPES",
+    "AMORTIZED_NAMES",
+    "amortized_kwargs",
     "base_kind",
     "check_arguments",
     "recipe_kwargs",
@@ -27,7 +30,12 @@ __all__ = [
 ]
 
 #: Recipe names accepted by ``AutoFlow(model, flow=...)``.
-RECIPE_NAMES = ("iaf", "maf", "nsf", "realnvp", "nice")
+RECIPE_NAMES = ("iaf", "maf", "nsf", "realnvp", "nice", "planar", "radial", "sylvester", "residual")
+#: The recipes of the residual family: built with ``invert=True`` (explicit base -> data map,
+#: so a guide samples and scores its draws in one pass).
+RESIDUAL_RECIPES = ("planar", "radial", "sylvester", "residual")
+#: Flow names accepted by ``AmortizedFlow(..., flow=...)``.
+AMORTIZED_NAMES = ("iaf", "planar", "radial", "sylvester")
 
 #: Base distributions accepted by ``AutoFlow(model, base=...)``: a standard normal, a
 #: Laplace of unit variance (exponential tails) and a Student-t (polynomial tails, with
@@ -133,15 +141,52 @@ def recipe_kwargs(name: str, latent_dim: int, user_kwargs: Mapping[str, Any]) ->
     building the flows its published posteriordb results were measured with. Pass
     ``order="random"`` (and ``bound=1.0``) among the flow's keyword arguments for the
     recipes' new defaults.
+
+    The residual family (``"planar"``, ``"radial"``, ``"sylvester"``, ``"residual"``) is built
+    with ``invert=True`` (one-pass sampling and scoring); ``"planar"`` and ``"radial"`` take
+    ``transforms=8`` (each layer is a rank-one change), and ``"residual"`` takes
+    ``logdet="exact"``: the guide's entropy term is then exact and deterministic, at
+    ``latent_dim`` backward passes a block (pass ``logdet="unbiased"`` for large models).
     """
     width = max(32, 4 * latent_dim)
+    name = name.lower()
+    if name in RESIDUAL_RECIPES:
+        transforms = 8 if name in ("planar", "radial") else 3
+        kwargs = {"transforms": transforms, "hidden": (width, width), **user_kwargs}
+        kwargs.setdefault("invert", True)
+        if name == "residual":
+            kwargs.setdefault("logdet", "exact")
+        return kwargs
     kwargs = {"transforms": 3, "hidden": (width, width), **user_kwargs}
     kwargs.setdefault("order", "alternate")
-    if name.lower() in ("iaf", "maf", "realnvp"):
+    if name in ("iaf", "maf", "realnvp"):
         kwargs.setdefault("bound", 3.0)
-    if name.lower() == "nsf":
+    if name == "nsf":
         kwargs.setdefault("mode", "coupling")
     return kwargs
+
+
+def amortized_kwargs(flow: Any, user_kwargs: Mapping[str, Any]) -> tuple[str, dict]:
+    """The recipe name and keyword arguments of an ``AmortizedFlow``: ``"iaf"`` with
+    ``bound=3.0`` and ``order="alternate"`` (the structure of the published VAE results),
+    the residual-family recipes with ``invert=True`` (their explicit map samples and scores
+    the posterior's draws in one pass; ``invert=False`` is refused, since a guide would then
+    invert every layer at every draw)."""
+    if not isinstance(flow, str) or flow.lower() not in AMORTIZED_NAMES:
+        raise ValueError(f"flow must be one of {list(AMORTIZED_NAMES)}, got {flow!r}")
+    name = flow.lower()
+    kwargs = dict(user_kwargs)
+    if name == "iaf":
+        kwargs.setdefault("bound", 3.0)
+        kwargs.setdefault("order", "alternate")
+    else:
+        if kwargs.get("invert", True) is not True:
+            raise ValueError(
+                "an AmortizedFlow samples with the layers' explicit map: invert must be True "
+                f"(the default), got invert={kwargs['invert']!r}"
+            )
+        kwargs["invert"] = True
+    return name, kwargs
 
 
 #: The Newton search stops when, for ``RUNAWAY_STEPS`` steps in a row, the Hessian's largest

@@ -20,6 +20,8 @@ __all__ = [
     "ROULETTE_STOP",
     "POWER_ITERATIONS",
     "POWER_RTOL",
+    "POWER_CHECK",
+    "LIPSWISH_SLOPE",
     "LIPSCHITZ_ACTIVATION_NAMES",
     "BlockOptions",
     "check_block_options",
@@ -42,7 +44,12 @@ ROULETTE_STOP = 0.5
 #: Power iterations: at most this many per refinement, stopping once the estimate of the
 #: spectral norm changes by less than ``POWER_RTOL`` (relative).
 POWER_ITERATIONS = 200
-POWER_RTOL = 1e-6
+POWER_RTOL = 1e-5
+#: The torch backend checks that stopping rule every ``POWER_CHECK`` steps (each check waits
+#: for the device); the JAX backend checks every step inside its ``while_loop``.
+POWER_CHECK = 4
+#: The initial raw slope of a learnt LipSwish: ``softplus(log(e - 1)) = 1``.
+LIPSWISH_SLOPE = 0.5413248546129181
 #: The 1-Lipschitz activations a residual block accepts.
 LIPSCHITZ_ACTIVATION_NAMES = ("elu", "lipswish", "tanh")
 
@@ -122,7 +129,7 @@ SYLVESTER_KINDS = ("orthogonal", "householder", "triangular")
 #: ``m(0) = 0``: the planar layer's ``w^T u_hat = m(w^T u)`` and the radial layer's
 #: ``beta = alpha * m(beta_raw)`` keep the layers invertible, and zero parameters give the
 #: identity. The shift is ``log(e - 1)``.
-ABOVE_MINUS_ONE_SHIFT = 0.5413248546129181
+ABOVE_MINUS_ONE_SHIFT = LIPSWISH_SLOPE
 
 
 def check_solve_options(atol: Any, max_iter: Any) -> tuple[float | None, int]:

@@ -9,7 +9,7 @@ Examples:
     (5,)
 """
 
-from pyroflows.numpyro.amortized import AmortizedIAF
+from pyroflows.numpyro.amortized import AmortizedFlow, AmortizedIAF
 from pyroflows.numpyro.autoregressive import MaskedAutoregressive
 from pyroflows.numpyro.core import Bijection, BijectionTransform, Chain, Invert
 from pyroflows.numpyro.coupling import Coupling
@@ -50,6 +50,7 @@ from pyroflows.numpyro.transformers import (
 __all__ = [
     "ActNorm",
     "AmortizedIAF",
+    "AmortizedFlow",
     "AutoFlow",
     "AdditiveTransformer",
     "AffineTransformer",

@@ -17,7 +17,12 @@ import numpy as np
 from jax import Array
 
 from pyroflows import _checks, structure
-from pyroflows._residual import POWER_ITERATIONS, POWER_RTOL, check_lipschitz_activation
+from pyroflows._residual import (
+    LIPSWISH_SLOPE,
+    POWER_ITERATIONS,
+    POWER_RTOL,
+    check_lipschitz_activation,
+)
 
 __all__ = [
     "Linear",
@@ -244,13 +249,26 @@ class MADE(eqx.Module):
 # agree to 1e-8).
 
 
-def lipswish(x: Array) -> Array:
-    """``x * sigmoid(x) / 1.1``: the swish, scaled to be 1-Lipschitz (Chen et al., 2019)."""
-    return x * jax.nn.sigmoid(x) / 1.1
+def lipswish(x: Array, slope: Array | None = None) -> Array:
+    """``x * sigmoid(beta * x) / 1.1`` with ``beta = softplus(slope)`` (``beta = 1`` without
+    a slope), as `pyroflows.pyro.nn.lipswish`."""
+    if slope is None:
+        return x * jax.nn.sigmoid(x) / 1.1
+    return x * jax.nn.sigmoid(jax.nn.softplus(slope) * x) / 1.1
 
 
 #: The 1-Lipschitz activations a residual block accepts.
 LIPSCHITZ_ACTIVATIONS = {"lipswish": lipswish, "elu": jax.nn.elu, "tanh": jnp.tanh}
+
+
+def apply_lipschitz(activation: str, weights, x: Array) -> Array:
+    """A `LipschitzMLP` as a pure function of its ``(weight, bias, slope)`` list."""
+    act = LIPSCHITZ_ACTIVATIONS[activation]
+    *inner, (w_last, b_last, _) = weights
+    for w, b, slope in inner:
+        h = x @ w.T + b
+        x = act(h) if slope is None else lipswish(h, slope)
+    return x @ w_last.T + b_last
 
 
 def _normalize(value: Array, previous: Array) -> Array:
@@ -353,6 +371,7 @@ class LipschitzMLP(eqx.Module):
     """
 
     layers: tuple[LipschitzLinear, ...]
+    slopes: Array | None
     activation: str = eqx.field(static=True)
 
     def __init__(
@@ -375,18 +394,22 @@ class LipschitzMLP(eqx.Module):
             for i, (a, b, k) in enumerate(zip(sizes[:-1], sizes[1:], keys, strict=True))
         )
         self.activation = activation
+        # LipSwish learns its slope beta = softplus(slope) per hidden layer, from beta = 1
+        self.slopes = (
+            jnp.full((len(sizes) - 2,), LIPSWISH_SLOPE) if activation == "lipswish" else None
+        )
 
-    def weights(self, refine: bool = True) -> list[tuple[Array, Array]]:
-        """The normalised ``(weight, bias)`` of every layer."""
-        return [(layer.normalized_weight(refine), layer.bias) for layer in self.layers]
+    def weights(self, refine: bool = True) -> list[tuple[Array, Array, Array | None]]:
+        """``(weight, bias, slope)`` of every layer (as `pyroflows.pyro.nn.LipschitzMLP`)."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            slope = self.slopes[i] if self.slopes is not None and i < len(self.slopes) else None
+            out.append((layer.normalized_weight(refine), layer.bias, slope))
+        return out
 
-    def apply(self, weights: list[tuple[Array, Array]], x: Array) -> Array:
+    def apply(self, weights: list[tuple[Array, Array, Array | None]], x: Array) -> Array:
         """The network with the given normalised weights at ``x``."""
-        act = LIPSCHITZ_ACTIVATIONS[self.activation]
-        *inner, (w_last, b_last) = weights
-        for w, b in inner:
-            x = act(x @ w.T + b)
-        return x @ w_last.T + b_last
+        return apply_lipschitz(self.activation, weights, x)
 
     def refined(self) -> LipschitzMLP:
         """This network with every layer's ``u`` and ``v`` refined and stored."""

@@ -1,4 +1,5 @@
-"""Invertible residual blocks (Behrmann et al., 2019; Chen et al., 2019), JAX backend.
+"""The residual family, JAX backend: invertible residual blocks (Behrmann et al., 2019;
+Chen et al., 2019), and planar, radial and Sylvester layers.
 
 The JAX twin of `pyroflows.pyro.residual`: the same map ``z + g(z[, context])``, the same
 log-det modes (``"exact"``, ``"series"``, ``"unbiased"`` with its Neumann-series gradient
@@ -13,6 +14,12 @@ convention is that of `pyroflows.numpyro.nn` (stored vectors used while converge
 A fixed-point inverse that does not converge raises `ConvergenceError` with the count of
 rows and the largest last step when called outside ``jit``; inside ``jit`` it raises
 equinox's runtime error with the same sentence (without the numbers).
+
+`PlanarLayer`, `RadialLayer` and `SylvesterLayer` are the twins of the torch layers: the same
+parameterisations, parameter names (``params.u``, ``params.r_tilde``, ``conditioner.layers.0
+.weight``), safe solves and errors (eager `ConvergenceError`, equinox's error under ``jit``).
+Their solves carry no gradient; one Newton step in the graph at the root gives the exact
+(implicit) derivatives in both forward and reverse mode.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from pyroflows._residual import (
     sylvester_layout,
 )
 from pyroflows.numpyro.core import Bijection, broadcast_context, is_concrete
-from pyroflows.numpyro.nn import LIPSCHITZ_ACTIVATIONS, MLP, LipschitzMLP, _check_key
+from pyroflows.numpyro.nn import MLP, LipschitzMLP, _check_key, apply_lipschitz
 
 __all__ = [
     "ResidualBlock",
@@ -56,12 +63,7 @@ __all__ = [
 
 
 def _g(activation: str, weights, z: Array, c: Array) -> Array:
-    act = LIPSCHITZ_ACTIVATIONS[activation]
-    x = jnp.concatenate([z, c], axis=-1)
-    *inner, (w_last, b_last) = weights
-    for w, b in inner:
-        x = act(x @ w.T + b)
-    return x @ w_last.T + b_last
+    return apply_lipschitz(activation, weights, jnp.concatenate([z, c], axis=-1))
 
 
 def _contract(step, start: Array, atol: float, max_iter: int) -> Array:

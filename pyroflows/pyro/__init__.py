@@ -8,7 +8,7 @@ Examples:
     torch.Size([5])
 """
 
-from pyroflows.pyro.amortized import AmortizedIAF
+from pyroflows.pyro.amortized import AmortizedFlow, AmortizedIAF
 from pyroflows.pyro.autoregressive import MaskedAutoregressive
 from pyroflows.pyro.core import Bijection, Chain, ConditionedBijection, Invert
 from pyroflows.pyro.coupling import Coupling
@@ -48,6 +48,7 @@ from pyroflows.pyro.transformers import (
 __all__ = [
     "ActNorm",
     "AmortizedIAF",
+    "AmortizedFlow",
     "AutoFlow",
     "AdditiveTransformer",
     "AffineTransformer",

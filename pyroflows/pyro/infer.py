@@ -63,6 +63,10 @@ RECIPES: dict[str, Callable[..., Flow]] = {
     "nsf": recipes.NSF,
     "realnvp": recipes.RealNVP,
     "nice": recipes.NICE,
+    "planar": recipes.Planar,
+    "radial": recipes.Radial,
+    "sylvester": recipes.Sylvester,
+    "residual": recipes.ResidualFlow,
 }
 
 

@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyroflows import _checks, structure
-from pyroflows._residual import POWER_ITERATIONS, POWER_RTOL, check_lipschitz_activation
+from pyroflows._residual import (
+    LIPSWISH_SLOPE,
+    POWER_CHECK,
+    POWER_ITERATIONS,
+    POWER_RTOL,
+    check_lipschitz_activation,
+)
 
 __all__ = [
     "MLP",
@@ -175,21 +181,17 @@ class MADE(nn.Module):
 # 0.1): a network of several layers is still far inside its bound (``lipschitz ** layers``).
 
 
-def lipswish(x: Tensor) -> Tensor:
-    """``x * sigmoid(x) / 1.1``: the swish, scaled to be 1-Lipschitz (Chen et al., 2019)."""
-    return x * torch.sigmoid(x) / 1.1
+def lipswish(x: Tensor, slope: Tensor | None = None) -> Tensor:
+    """``x * sigmoid(beta * x) / 1.1`` with ``beta = softplus(slope)`` (``beta = 1`` without
+    a slope): the swish, scaled to be 1-Lipschitz for every ``beta > 0`` (Chen et al.,
+    2019, who learn ``beta``; a `LipschitzMLP` learns one per hidden layer)."""
+    if slope is None:
+        return x * torch.sigmoid(x) / 1.1
+    return x * torch.sigmoid(F.softplus(slope) * x) / 1.1
 
 
 #: The 1-Lipschitz activations a residual block accepts.
 LIPSCHITZ_ACTIVATIONS = {"lipswish": lipswish, "elu": F.elu, "tanh": torch.tanh}
-
-
-def _normalize(value: Tensor, previous: Tensor) -> Tensor:
-    """``value / |value|``, or ``previous`` where ``value`` is (numerically) zero (a zeroed
-    layer must not lose its power-iteration vectors)."""
-    norm = value.norm()
-    tiny = torch.finfo(value.dtype).tiny ** 0.5
-    return torch.where(norm > tiny, value / norm.clamp_min(tiny), previous)
 
 
 class LipschitzLinear(nn.Linear):
@@ -219,17 +221,28 @@ class LipschitzLinear(nn.Linear):
     @torch.no_grad()
     def power_iterate(self, iterations: int = POWER_ITERATIONS) -> None:
         """Refine ``u`` and ``v`` in place by power iteration: at most ``iterations`` steps,
-        fewer once the spectral-norm estimate ``u^T W v`` settles (``POWER_RTOL``)."""
-        weight, u, v = self.weight.detach(), self.u, self.v
-        sigma = torch.dot(u, weight @ v)
-        for _ in range(iterations):
-            v = _normalize(weight.t() @ u, v)
-            u = _normalize(weight @ v, u)
-            previous, sigma = sigma, torch.dot(u, weight @ v)
-            if bool((sigma - previous).abs() <= POWER_RTOL * sigma.abs()):
+        fewer once the spectral-norm estimate ``|W v|`` settles (``POWER_RTOL``, checked every
+        ``POWER_CHECK`` steps). A zero weight keeps its vectors (a zeroed layer must not lose
+        them), and so does a run that ends on a zero or non-finite vector."""
+        weight = self.weight.detach()
+        if not bool(weight.any()):
+            self.mark_refined()
+            return
+        u, v = self.u, self.v
+        sigma = (weight @ v).norm()
+        for i in range(1, iterations + 1):
+            wtu = torch.mv(weight.t(), u)
+            v = wtu / wtu.norm()
+            wv = torch.mv(weight, v)
+            previous, sigma = sigma, wv.norm()
+            u = wv / sigma
+            if (i % POWER_CHECK == 0 or i == iterations) and bool(
+                (sigma - previous).abs() <= POWER_RTOL * sigma
+            ):
                 break
-        self.u.copy_(u)
-        self.v.copy_(v)
+        if bool(torch.isfinite(u).all() & torch.isfinite(v).all() & (sigma > 0)):
+            self.u.copy_(u)
+            self.v.copy_(v)
         self.mark_refined()
 
     def __setstate__(self, state: dict) -> None:
@@ -300,16 +313,26 @@ class LipschitzMLP(nn.Module):
         self._act = LIPSCHITZ_ACTIVATIONS[activation]
         nn.init.zeros_(self.layers[-1].weight)
         nn.init.zeros_(self.layers[-1].bias)
+        # LipSwish learns its slope beta = softplus(slope) per hidden layer, from beta = 1
+        slopes = torch.full((len(sizes) - 2,), LIPSWISH_SLOPE) if activation == "lipswish" else None
+        self.slopes = None if slopes is None else nn.Parameter(slopes)
 
-    def weights(self) -> list[tuple[Tensor, Tensor]]:
-        """The normalised ``(weight, bias)`` of every layer (refined first in training mode)."""
-        return [(layer.normalized_weight(), layer.bias) for layer in self.layers]
+    def weights(self) -> list[tuple[Tensor, Tensor, Tensor | None]]:
+        """``(weight, bias, slope)`` of every layer: the normalised weight (refined first in
+        training mode), the bias, and the slope of the LipSwish after it (``None`` for the
+        last layer and for the other activations)."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            slope = self.slopes[i] if self.slopes is not None and i < len(self.slopes) else None
+            out.append((layer.normalized_weight(), layer.bias, slope))
+        return out
 
-    def apply(self, weights: list[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
+    def apply(self, weights: list[tuple[Tensor, Tensor, Tensor | None]], x: Tensor) -> Tensor:
         """The network with the given normalised weights at ``x``."""
-        *inner, (w_last, b_last) = weights
-        for w, b in inner:
-            x = self._act(F.linear(x, w, b))
+        *inner, (w_last, b_last, _) = weights
+        for w, b, slope in inner:
+            h = F.linear(x, w, b)
+            x = self._act(h) if slope is None else lipswish(h, slope)
         return F.linear(x, w_last, b_last)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,4 +1,6 @@
-"""Invertible residual blocks (Behrmann et al., 2019; Chen et al., 2019).
+"""The residual family: invertible residual blocks (Behrmann et al., 2019; Chen et al.,
+2019), and planar, radial (Rezende & Mohamed, 2015) and Sylvester (van den Berg et al.,
+2018) layers.
 
 A block is the map ``F(z) = z + g(z[, context])`` with ``g`` a `LipschitzMLP` whose
 Lipschitz constant stays below ``lipschitz < 1``, so ``F`` is invertible and its inverse is
@@ -25,6 +27,16 @@ for each row when an iteration moves no element by more than ``atol * (1 + |z|)`
 do not get there in ``max_iter`` iterations raise `ConvergenceError` (never a silent
 unconverged answer). Gradients through the inverse are exact (implicit differentiation:
 the incoming gradient is solved against ``(I + J_g)^T`` by the same kind of iteration).
+
+Planar, radial and Sylvester layers (`PlanarLayer`, `RadialLayer`, `SylvesterLayer`) are
+maps ``z + (rank-limited change)`` with a closed-form log-det and invertibility built into
+their parameterisation. Their explicit map is data -> base by default and base -> data with
+``invert=True`` (the papers' direction, for guides); the other direction is a safe solve:
+closed-form for radial, scalar equations ``x + s tanh(q x + c) = t`` by Newton's method
+safeguarded by bisection for planar and Sylvester (`solve_monotone`; Sylvester's system is
+triangular and solved by back-substitution), raising `ConvergenceError` for rows that do not
+reach ``atol`` in ``max_iter`` iterations. With ``context > 0`` every parameter is the
+layer's own value plus the zero-initialised output of an MLP of the context.
 """
 
 from __future__ import annotations
