@@ -74,9 +74,13 @@ def check_block_options(
 ) -> BlockOptions:
     """Check a residual block's settings (``ValueError`` naming the argument); ``terms=None``
     becomes 5 for ``"series"`` and 2 for ``"unbiased"``."""
-    lipschitz = _checks.check_fraction("lipschitz", lipschitz, 0.0, 1.0)
-    if lipschitz == 0:
-        raise ValueError("lipschitz must be a number in (0, 1), got 0")
+    try:
+        checked = _checks.check_fraction("lipschitz", lipschitz, 0.0, 1.0)
+    except ValueError:
+        checked = 0.0
+    if checked == 0:
+        raise ValueError(f"lipschitz must be a number in (0, 1), got {lipschitz!r}")
+    lipschitz = checked
     if logdet not in LOGDET_MODES:
         raise ValueError(f"logdet must be one of {LOGDET_MODES}, got {logdet!r}")
     default_terms = 5 if logdet == "series" else 2

@@ -79,6 +79,20 @@ def _maf(m, **kw):
     return m.MAF(3, transforms=1, hidden=(4,), **kw)
 
 
+def _unconverged(m):
+    """A planar layer moved off the identity whose solve gets one iteration."""
+    if m is pf:
+        layer = pf.PlanarLayer(3, max_iter=1)
+        with torch.no_grad():
+            layer.params["u"].fill_(3.0)
+        return lambda: layer.forward_and_log_det(torch.full((4, 3), 5.0))
+    import equinox as eqx
+
+    layer = pfj.PlanarLayer(3, max_iter=1, key=KEY)
+    layer = eqx.tree_at(lambda t: t.params["u"], layer, jnp.full(3, 3.0))
+    return lambda: layer.forward_and_log_det(jnp.full((4, 3), 5.0))
+
+
 # each trigger: backend -> (callable taking tmp_path, exception type)
 TORCH, JAX = "torch", "jax"
 T = {
@@ -134,6 +148,38 @@ T = {
         JAX: lambda _: pfj.Flow([pfj.Scale(2)], base=ndist.Normal(jnp.zeros(3), 1.0).to_event(1)),
     },
     "key": {JAX: lambda _: pfj.MAF(3)},
+    "lipschitz": {
+        TORCH: lambda _: pf.ResidualBlock(3, lipschitz=1.0),
+        JAX: lambda _: pfj.ResidualFlow(3, lipschitz=0, key=KEY),
+    },
+    "logdet": {
+        TORCH: lambda _: pf.ResidualFlow(3, logdet="exactly"),
+        JAX: lambda _: pfj.ResidualBlock(3, logdet="hutchinson", key=KEY),
+    },
+    "lipschitz-activation": {
+        TORCH: lambda _: pf.ResidualBlock(3, activation="relu"),
+        JAX: lambda _: pfj.ResidualFlow(3, activation="gelu", key=KEY),
+    },
+    "sylvester-kind": {
+        TORCH: lambda _: pf.Sylvester(3, kind="qr"),
+        JAX: lambda _: pfj.SylvesterLayer(3, kind="lu", key=KEY),
+    },
+    "sylvester-columns": {
+        TORCH: lambda _: pf.SylvesterLayer(3, columns=4),
+        JAX: lambda _: pfj.Sylvester(2, columns=3, key=KEY),
+    },
+    "amortized-flow": {
+        TORCH: lambda _: pf.AmortizedFlow(3, 2, "maf"),
+        JAX: lambda _: pfj.AmortizedFlow(3, 2, "nsf", key=KEY),
+    },
+    "amortized-invert": {
+        TORCH: lambda _: pf.AmortizedFlow(3, 2, "planar", invert=False),
+        JAX: lambda _: pfj.AmortizedFlow(3, 2, "sylvester", invert=False, key=KEY),
+    },
+    "convergence": {
+        TORCH: (lambda _: _unconverged(pf)(), pf.ConvergenceError),
+        JAX: (lambda _: _unconverged(pfj)(), pfj.ConvergenceError),
+    },
     "event-size": {
         TORCH: lambda _: _maf(pf)().log_prob(torch.zeros(2, 4)),
         JAX: lambda _: _maf(pfj, key=KEY).layers[0].forward_and_log_det(jnp.zeros((2, 4))),

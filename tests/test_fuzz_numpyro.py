@@ -56,6 +56,9 @@ CASES = [
         "Logit",
         "Invert-MA-spline-ctx2",
         "Chain-ctx2",
+        "Planar-ctx2",
+        "Radial-ctx0",
+        "Sylvester-orthogonal-ctx2",
     }
 ]
 BATCH = (2, 3)

@@ -577,7 +577,10 @@ class RadialLayer(_ClosedFormLayer):
         half_b = (alpha + beta - rho) / 2
         root = jnp.sqrt(half_b * half_b + alpha * rho)
         # r = -half_b + root, written without cancellation for either sign of half_b
-        r = jnp.where(half_b > 0, alpha * rho / (half_b + root), root - half_b)
+        # (the other branch's denominator guarded: the unused side of a where must not be inf)
+        positive = half_b > 0
+        safe = jnp.where(positive, half_b + root, 1.0)
+        r = jnp.where(positive, alpha * rho / safe, root - half_b)
         return p["z0"] + d / (1 + beta / (alpha + r)), self._log_det(alpha, beta, r)
 
 
