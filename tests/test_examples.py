@@ -21,22 +21,25 @@ pytest.importorskip("matplotlib")
 
 
 SCRIPTS = [
-    ("digits.py", "digits.png", "torch"),
-    ("two_moons.py", "two_moons.png", "torch"),
-    ("digits_numpyro.py", "digits_numpyro.png", "numpyro"),
-    ("two_moons_numpyro.py", "two_moons_numpyro.png", "numpyro"),
+    ("digits.py", "digits.png", "torch", ()),
+    ("two_moons.py", "two_moons.png", "torch", ()),
+    ("two_moons.py", "two_moons_residual.png", "torch", ("--model", "residual")),
+    ("digits_numpyro.py", "digits_numpyro.png", "numpyro", ()),
+    ("two_moons_numpyro.py", "two_moons_numpyro.png", "numpyro", ()),
 ]
 
 
-@pytest.mark.parametrize(("script", "figure", "backend"), SCRIPTS)
-def test_example_quick_run(script: str, figure: str, backend: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("script", "figure", "backend", "extra"), SCRIPTS)
+def test_example_quick_run(
+    script: str, figure: str, backend: str, extra: tuple[str, ...], tmp_path: Path
+) -> None:
     pytest.importorskip(backend)
     out = tmp_path / "outputs"
     # One thread: a smoke run gains nothing from more, and it keeps the run fast when
     # other processes (or pytest workers) share the cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), "--quick", "--out", str(out)],
+        [sys.executable, str(EXAMPLES / script), "--quick", "--out", str(out), *extra],
         capture_output=True,
         text=True,
         # JAX compiles each jitted function on first use: the NumPyro scripts spend most
@@ -51,9 +54,10 @@ def test_example_quick_run(script: str, figure: str, backend: str, tmp_path: Pat
     assert "bits/dim" in result.stdout
 
 
+EVERY_POSTERIOR = ("--posteriors", "gaussian", "iaf", "planar", "radial", "sylvester")
 INFERENCE_SCRIPTS = [
-    ("vae.py", "torch", "| iaf |", ()),
-    ("vae_numpyro.py", "numpyro", "| iaf |", ()),
+    ("vae.py", "torch", "| sylvester |", EVERY_POSTERIOR),
+    ("vae_numpyro.py", "numpyro", "| sylvester |", ("--posteriors", "iaf", "sylvester")),
     # the gated conv nets (--channels) on the 8x8 digits, IAF posterior only
     ("vae.py", "torch", "| iaf |", ("--channels", "4", "--posteriors", "iaf")),
     ("vae_numpyro.py", "numpyro", "| iaf |", ("--channels", "4", "--posteriors", "iaf")),

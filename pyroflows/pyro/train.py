@@ -334,7 +334,7 @@ def fit(
         val = None
         if val_data is not None:
             flow.eval()
-            val = _validation_loss(nll, val_data, val_context)
+            val = _validation_loss(nll, val_data, val_context, options.seed)
             if not math.isfinite(val):
                 raise FloatingPointError(
                     f"the validation loss became non-finite ({val}) at epoch {epoch}; lower lr "
@@ -360,10 +360,22 @@ def fit(
     return tracker.history()
 
 
-def _validation_loss(nll, val_data: Tensor, val_context: Tensor | None, chunk: int = 4096) -> float:
-    """The mean NLL of the validation set, in chunks of ``chunk`` rows, without gradients."""
+def _validation_loss(
+    nll, val_data: Tensor, val_context: Tensor | None, seed: int, chunk: int = 4096
+) -> float:
+    """The mean NLL of the validation set, in chunks of ``chunk`` rows, without gradients.
+
+    Random numbers drawn inside (the probes of a stochastic log-det, ``ResidualBlock``'s
+    ``"series"`` and ``"unbiased"``) come from a generator reseeded the same way every epoch,
+    as JAX's ``fit`` keeps one validation key: the epochs' validation losses then differ only
+    by the parameters, and early stopping does not chase the estimator's noise. The global
+    generator is left as it was."""
     total = 0.0
-    with torch.no_grad():
+    accelerator = val_data.device.type != "cpu"
+    devices = [val_data.device] if accelerator else []
+    kind = val_data.device.type if accelerator else "cuda"  # no accelerator generator touched
+    with torch.random.fork_rng(devices=devices, device_type=kind), torch.no_grad():
+        torch.manual_seed(seed + 2**31 - 1)
         for i in range(0, val_data.shape[0], chunk):
             c = None if val_context is None else val_context[i : i + chunk]
             x = val_data[i : i + chunk]
