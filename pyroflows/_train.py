@@ -30,6 +30,8 @@ import numpy as np
 from pyroflows._checks import check_int, check_positive
 
 __all__ = [
+    "VALIDATION_CHUNK",
+    "STOCHASTIC_CHUNK",
     "CHECKPOINT_FORMAT",
     "FitOptions",
     "Plan",
@@ -41,6 +43,12 @@ __all__ = [
     "checkpoint_meta",
     "fingerprint",
 ]
+
+#: Rows per validation call: one call scores many rows with one draw of a stochastic log-det's
+#: roulette (``ResidualBlock(logdet="series" | "unbiased")``), so flows with one are validated
+#: in chunks of ``STOCHASTIC_CHUNK`` rows, each with its own (seeded) draws: the mean over the
+#: chunks averages the roulette out. Other flows use ``VALIDATION_CHUNK`` (memory only).
+VALIDATION_CHUNK, STOCHASTIC_CHUNK = 4096, 32
 
 CHECKPOINT_FORMAT = "pyroflows-fit-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -24,6 +24,8 @@ import optax
 from jax import Array
 
 from pyroflows._train import (
+    STOCHASTIC_CHUNK,
+    VALIDATION_CHUNK,
     Plan,
     Tracker,
     atomic_write,
@@ -475,8 +477,8 @@ def fit(
             total += loss * idx.size
         val = None
         if val_data is not None:
-            score = partial(evaluate, params, key=validation_key)
-            val = _validation_loss(score, val_data, val_context)
+            score = partial(evaluate, params)
+            val = _validation_loss(score, val_data, val_context, validation_key, _chunk(flow))
             if not math.isfinite(val):
                 raise FloatingPointError(
                     f"the validation loss became non-finite ({val}) at epoch {epoch}; lower lr "
@@ -501,11 +503,24 @@ def fit(
     return eqx.combine(params, static), tracker.history()
 
 
-def _validation_loss(nll, val_data: Array, val_context: Array | None, chunk: int = 4096) -> float:
-    """The mean NLL of the validation set, in chunks of ``chunk`` rows."""
+def _chunk(flow) -> int:
+    """Validation rows per call: fewer for a flow with a stochastic log-det (see
+    `pyroflows._train.STOCHASTIC_CHUNK`)."""
+    from pyroflows.numpyro.residual import ResidualBlock
+
+    blocks = jax.tree_util.tree_leaves(flow, is_leaf=lambda x: isinstance(x, ResidualBlock))
+    stochastic = any(isinstance(b, ResidualBlock) and b.logdet != "exact" for b in blocks)
+    return STOCHASTIC_CHUNK if stochastic else VALIDATION_CHUNK
+
+
+def _validation_loss(
+    nll, val_data: Array, val_context: Array | None, key: Array, chunk: int = VALIDATION_CHUNK
+) -> float:
+    """The mean NLL of the validation set, in chunks of ``chunk`` rows, chunk ``i`` with the
+    key ``fold_in(key, i)`` (the same keys every epoch)."""
     total = 0.0
-    for i in range(0, val_data.shape[0], chunk):
+    for j, i in enumerate(range(0, val_data.shape[0], chunk)):
         c = None if val_context is None else val_context[i : i + chunk]
         x = val_data[i : i + chunk]
-        total += float(nll(x, c)) * x.shape[0]
+        total += float(nll(x, c, key=jax.random.fold_in(key, j))) * x.shape[0]
     return total / val_data.shape[0]

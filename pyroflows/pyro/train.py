@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 
 from pyroflows._train import (
+    STOCHASTIC_CHUNK,
+    VALIDATION_CHUNK,
     Plan,
     Tracker,
     atomic_write,
@@ -334,7 +336,7 @@ def fit(
         val = None
         if val_data is not None:
             flow.eval()
-            val = _validation_loss(nll, val_data, val_context, options.seed)
+            val = _validation_loss(nll, val_data, val_context, options.seed, _chunk(flow))
             if not math.isfinite(val):
                 raise FloatingPointError(
                     f"the validation loss became non-finite ({val}) at epoch {epoch}; lower lr "
@@ -360,8 +362,17 @@ def fit(
     return tracker.history()
 
 
+def _chunk(flow: Flow) -> int:
+    """Validation rows per call: fewer for a flow with a stochastic log-det (see
+    `pyroflows._train.STOCHASTIC_CHUNK`)."""
+    from pyroflows.pyro.residual import ResidualBlock
+
+    stochastic = any(isinstance(m, ResidualBlock) and m.logdet != "exact" for m in flow.modules())
+    return STOCHASTIC_CHUNK if stochastic else VALIDATION_CHUNK
+
+
 def _validation_loss(
-    nll, val_data: Tensor, val_context: Tensor | None, seed: int, chunk: int = 4096
+    nll, val_data: Tensor, val_context: Tensor | None, seed: int, chunk: int = VALIDATION_CHUNK
 ) -> float:
     """The mean NLL of the validation set, in chunks of ``chunk`` rows, without gradients.
 
