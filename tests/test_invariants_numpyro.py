@@ -208,9 +208,7 @@ BIJECTIONS += [
     Case(
         "Sylvester-householder-invert-ctx2",
         lambda key: _flow(
-            pfj.SylvesterLayer(
-                3, 2, (8,), kind="householder", reflections=2, invert=True, key=key
-            )
+            pfj.SylvesterLayer(3, 2, (8,), kind="householder", reflections=2, invert=True, key=key)
         ),
         3,
         2,

@@ -175,6 +175,10 @@ def test_unknown_order_is_rejected(name):
 def test_recipe_kwargs_default_to_the_old_structure():
     for name in _autoflow.RECIPE_NAMES:
         kwargs = _autoflow.recipe_kwargs(name, 3, {})
+        if name in _autoflow.RESIDUAL_RECIPES:  # no orders: built in the guide direction
+            assert kwargs["invert"] is True and "order" not in kwargs
+            assert kwargs["transforms"] == (8 if name in ("planar", "radial") else 3)
+            continue
         assert kwargs["order"] == "alternate"
         assert kwargs.get("bound") == (3.0 if name in ("iaf", "maf", "realnvp") else None)
     assert _autoflow.recipe_kwargs("maf", 3, {"order": "random"})["order"] == "random"
