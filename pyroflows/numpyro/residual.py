@@ -389,6 +389,8 @@ class _ClosedFormLayer(Bijection):
 
     params: dict[str, Array]
     conditioner: MLP | None
+    #: ``(name, shape)`` of every parameter, in the order of the conditioner's output
+    layout: tuple[tuple[str, tuple[int, ...]], ...] = eqx.field(static=True)
     invert: bool = eqx.field(static=True)
     atol: float | None = eqx.field(static=True)
     max_iter: int = eqx.field(static=True)
@@ -401,6 +403,7 @@ class _ClosedFormLayer(Bijection):
         self.context_features = _checks.check_int("context", context, 0)
         self.atol, self.max_iter = check_solve_options(atol, max_iter)
         self.invert = bool(invert)
+        self.layout = tuple(layout.items())
         self.params = {name: init[name] for name in layout}
         self.conditioner = (
             MLP(self.context_features, layout_size(layout), hidden, activation, key=key)
@@ -414,14 +417,11 @@ class _ClosedFormLayer(Bijection):
             return {name: value[None] for name, value in self.params.items()}
         flat = self.conditioner(c)
         values, start = {}, 0
-        for name, shape in self._ordered_layout():
+        for name, shape in self.layout:
             size = math.prod(shape)
             values[name] = self.params[name] + flat[:, start : start + size].reshape(-1, *shape)
             start += size
         return values
-
-    def _ordered_layout(self) -> list[tuple[str, tuple[int, ...]]]:
-        raise NotImplementedError
 
     def _run(self, value: Array, context: Array | None, explicit: bool):
         value, context = broadcast_context(value, context)
@@ -484,9 +484,6 @@ class PlanarLayer(_ClosedFormLayer):
         self._setup(features, context, hidden, activation, invert, atol, max_iter,
                     planar_layout(features), init, net)  # fmt: skip
 
-    def _ordered_layout(self):
-        return list(planar_layout(self.features).items())
-
     @staticmethod
     def _u_hat(u: Array, w: Array) -> tuple[Array, Array]:
         wu = jnp.sum(w * u, -1, keepdims=True)
@@ -546,9 +543,6 @@ class RadialLayer(_ClosedFormLayer):
         }
         self._setup(features, context, hidden, activation, invert, None, 1,
                     radial_layout(features), init, net)  # fmt: skip
-
-    def _ordered_layout(self):
-        return list(radial_layout(self.features).items())
 
     @staticmethod
     def _alpha_beta(p: dict[str, Array]) -> tuple[Array, Array]:
@@ -636,11 +630,6 @@ class SylvesterLayer(_ClosedFormLayer):
         self.kind, self.columns, self.reflections, self.reverse = kind, m, k, bool(reverse)
         self._setup(features, context, hidden, activation, invert, atol, max_iter,
                     sylvester_layout(features, kind, m, k), init, net)  # fmt: skip
-
-    def _ordered_layout(self):
-        return list(
-            sylvester_layout(self.features, self.kind, self.columns, self.reflections).items()
-        )
 
     def _q(self, p: dict[str, Array], like: Array) -> Array:
         if self.kind == "orthogonal":
