@@ -263,8 +263,10 @@ LEAN_SKIP = {
     "IAF-ctx2",
     "ResidualFlow",
     "Planar",
+    "Planar-ctx2",
     "Radial-ctx2",
     "Sylvester",
+    "Sylvester-orthogonal-columns2",
 }
 if os.environ.get("PYROFLOWS_JAX_FULL", "") not in ("1", "true", "yes"):
     BIJECTIONS = [c for c in BIJECTIONS if c.id not in LEAN_SKIP]
