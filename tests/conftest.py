@@ -10,9 +10,14 @@ from hypothesis import HealthCheck, settings
 # Under pytest-xdist (``-n auto``, the README's test command) every core runs a worker: one
 # thread each for torch (OpenMP) and XLA, so that the workers do not oversubscribe the
 # cores. Set before any test module imports torch or JAX; an explicit setting wins.
+# XLA's CPU backend is also told to skip LLVM's optimisation passes: the JAX tests are
+# bound by compile time (small arrays, each function run a few times), and unoptimised
+# machine code compiles about a third faster. The examples' smoke runs inherit the setting.
+_XLA_TEST_FLAGS = ["--xla_backend_optimization_level=0"]
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    _XLA_TEST_FLAGS.append("--xla_cpu_multi_thread_eigen=false")
+os.environ.setdefault("XLA_FLAGS", " ".join(_XLA_TEST_FLAGS))
 
 # Property-based tests: CI runs a few derandomized examples per test (reproducible, inside the
 # suite's time budget); HYPOTHESIS_PROFILE=fuzz searches deeply (run it before a release).
