@@ -60,7 +60,12 @@ INFERENCE_SCRIPTS = [
     # the gated conv nets (--channels) on the 8x8 digits; in JAX (compile-bound) with the
     # Sylvester posterior in the same run
     ("vae.py", "torch", "| iaf |", ("--channels", "4", "--posteriors", "iaf")),
-    ("vae_numpyro.py", "numpyro", "| sylvester |", ("--channels", "4", "--posteriors", "sylvester")),
+    (
+        "vae_numpyro.py",
+        "numpyro",
+        "| sylvester |",
+        ("--channels", "4", "--posteriors", "sylvester"),
+    ),
 ]
 
 
