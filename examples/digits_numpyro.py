@@ -14,6 +14,11 @@ What this example shows:
   (`pyroflows.numpyro.MaskedAutoregressive`) with rational-quadratic spline transformers
   (``--model maf``: affine), each in a seeded random feature order from
   `pyroflows.structure.permutation` (the same orders as the torch script), then `Logit`.
+  ``--model residual`` uses invertible residual blocks instead (`pyroflows.numpyro.
+  ResidualFlow`'s blocks and ``ActNorm``s): trained with the unbiased Russian-roulette
+  log-det (fresh keys every step with `pyroflows.numpyro.with_key`, the power-iteration
+  vectors stored after every step with `pyroflows.numpyro.refine_lipschitz`), scored with
+  the exact log-det of a twin flow that gets the parameters by `set_params`.
 * A plain JAX training loop on ``flow().log_prob``: one jitted optax step (Adam, cosine
   learning-rate decay per epoch, gradient clipping), fresh dequantization noise every
   epoch, and the parameters of the best validation epoch kept.
@@ -28,6 +33,7 @@ Run from the repository root::
 
     python examples/digits_numpyro.py                # default run: 60 epochs
     python examples/digits_numpyro.py --quick        # a tiny smoke run
+    python examples/digits_numpyro.py --model residual   # a residual flow
 
 It prints a table of test log-likelihoods and bits/dim and writes
 ``outputs/digits_numpyro.png``: real test digits next to samples of the flow and of the
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -78,6 +85,8 @@ class Config:
 
 
 QUICK = Config(transforms=2, hidden=(16,), bins=4, epochs=1, eval_draws=2, samples=16)
+# --model residual: residual blocks (Lipschitz 0.9, LipSwish) with an ActNorm before each
+RESIDUAL = {"transforms": 8, "hidden": (256, 256)}
 
 
 @dataclass
@@ -120,8 +129,14 @@ def dequantized_draws(key: jax.Array, x: jax.Array, draws: int) -> jax.Array:
     return jnp.stack([pfj.dequantize(k, x, levels=LEVELS) for k in jax.random.split(key, draws)])
 
 
-def build_flow(config: Config, key: jax.Array) -> pfj.Flow:
-    """Autoregressive flow on the logit scale, then `Logit` into ``(0, 1)^64`` (base -> data)."""
+def build_flow(config: Config, key: jax.Array, logdet: str = "unbiased") -> pfj.Flow:
+    """Autoregressive (or residual) flow on the logit scale, then `Logit` into ``(0, 1)^64``
+    (base -> data). ``logdet`` is the residual blocks' log-det mode (``--model residual``)."""
+    if config.model == "residual":
+        residual = pfj.ResidualFlow(
+            DIMS, transforms=config.transforms, hidden=config.hidden, logdet=logdet, key=key
+        )
+        return pfj.Flow([*residual.transforms, pfj.Logit(DIMS, alpha=ALPHA)])
     layers: list[pfj.Bijection] = []
     for layer, k in enumerate(jax.random.split(key, config.transforms)):
         if config.model == "nsf":
@@ -147,12 +162,18 @@ def mean_bits(flow: pfj.Flow, draws: jax.Array) -> jax.Array:
 
 
 def train_flow(
-    flow: pfj.Flow, train: jax.Array, val: jax.Array, config: Config, key: jax.Array
+    flow: pfj.Flow,
+    train: jax.Array,
+    val: jax.Array,
+    config: Config,
+    key: jax.Array,
+    scorer: pfj.Flow | None = None,
 ) -> tuple[pfj.Flow, list[float]]:
     """Maximum likelihood with fresh dequantization noise every epoch.
 
     Returns the flow with the parameters of the best validation epoch and the validation
-    bits/dim per epoch.
+    bits/dim per epoch. ``scorer`` (a flow of the same structure) computes the validation
+    scores from a copy of the parameters: the exact-log-det twin of a residual flow.
     """
     n = train.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
@@ -162,17 +183,28 @@ def train_flow(
         return config.lr * 0.5 * (1 + jnp.cos(math.pi * epoch / config.epochs))
 
     optimizer = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(schedule))
+    key, k_init = jax.random.split(key)
+    # data-dependent initialisation of the ActNorms (residual flows), as pfj.fit does
+    flow = pfj.initialize_actnorm(flow, pfj.dequantize(k_init, train, levels=LEVELS))
     params, static = eqx.partition(flow, eqx.is_inexact_array)
     opt_state = optimizer.init(params)
 
-    def loss_fn(p, batch):
-        return -eqx.combine(p, static)().log_prob(batch).mean()
+    def loss_fn(p, batch, k):
+        # with_key: fresh draws for stochastic log-dets (a no-op for the other flows)
+        return -pfj.with_key(eqx.combine(p, static), k)().log_prob(batch).mean()
 
     @jax.jit
-    def step(p, state, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(p, batch)
+    def step(p, state, batch, k):
+        loss, grads = jax.value_and_grad(loss_fn)(p, batch, k)
         updates, state = optimizer.update(grads, state, p)
-        return optax.apply_updates(p, updates), state, loss
+        # store the refined power-iteration vectors of Lipschitz layers (if any)
+        return pfj.refine_lipschitz(optax.apply_updates(p, updates)), state, loss
+
+    def validation_bits(p) -> float:
+        flow = eqx.combine(p, static)
+        if scorer is not None:
+            flow = pfj.set_params(scorer, pfj.get_params(flow))
+        return float(mean_bits(flow, val_draws))
 
     key, k_val = jax.random.split(key)
     val_draws = dequantized_draws(k_val, val, 5)
@@ -186,9 +218,10 @@ def train_flow(
         total = 0.0
         for start in range(0, n, config.batch_size):
             batch = data[order[start : start + config.batch_size]]
-            params, opt_state, loss = step(params, opt_state, batch)
+            key, k_step = jax.random.split(key)
+            params, opt_state, loss = step(params, opt_state, batch, k_step)
             total += float(loss) * batch.shape[0]
-        val_bits = float(mean_bits(eqx.combine(params, static), val_draws))
+        val_bits = validation_bits(params)
         history.append(val_bits)
         if val_bits < best:
             best, best_params = val_bits, params
@@ -303,12 +336,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="seed of split, init and noise")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="output folder")
-    parser.add_argument("--model", choices=("nsf", "maf"), default="nsf", help="transformer")
+    parser.add_argument(
+        "--model", choices=("nsf", "maf", "residual"), default="nsf", help="flow layers"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
     args = parser.parse_args(argv)
 
     config = copy.copy(QUICK if args.quick else Config())
     config.model = args.model
+    if args.model == "residual" and not args.quick:
+        config = dataclasses.replace(config, **RESIDUAL)
     if args.epochs is not None:
         config.epochs = args.epochs
     key_init, key_train, key_eval, key_base, key_sample = jax.random.split(
@@ -321,14 +358,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     test_draws = dequantized_draws(key_eval, test, config.eval_draws)
 
     flow = build_flow(config, key_init)
+    # a residual flow is trained with the stochastic log-det and scored with the exact one
+    scorer = build_flow(config, key_init, logdet="exact") if config.model == "residual" else None
     n_params = sum(v.size for v in pfj.get_params(flow).values())
-    name = "NSF" if config.model == "nsf" else "MAF"
     width = "-".join(map(str, config.hidden))
-    label = f"{name} flow ({config.transforms} layers, MADE {width}) + Logit"
+    if config.model == "residual":
+        label = f"residual flow ({config.transforms} blocks, {width}) + Logit"
+    else:
+        name = "NSF" if config.model == "nsf" else "MAF"
+        label = f"{name} flow ({config.transforms} layers, MADE {width}) + Logit"
     print(f"training {label}: {n_params:,} parameters, {config.epochs} epochs")
     start = time.perf_counter()
-    flow, _ = train_flow(flow, train, val, config, key_train)
+    flow, _ = train_flow(flow, train, val, config, key_train, scorer)
     train_seconds = time.perf_counter() - start
+    if scorer is not None:
+        flow = pfj.set_params(scorer, pfj.get_params(flow))
     flow_log_prob = np.asarray(
         eqx.filter_jit(lambda f, d: f().log_prob(d).mean(0))(flow, test_draws), np.float64
     )

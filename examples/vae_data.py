@@ -104,6 +104,12 @@ def parse_args(
     parser.add_argument(
         "--sylvester-columns", type=int, default=None, help="M of orthogonal Sylvester layers"
     )
+    parser.add_argument(
+        "--sylvester-reflections",
+        type=int,
+        default=None,
+        help="reflections of Householder Sylvester layers",
+    )
     if out:
         parser.add_argument("--out", type=Path, default=Path("outputs"))
     parser.add_argument("--quick", action="store_true", help="a few epochs: a smoke run")
@@ -111,6 +117,8 @@ def parse_args(
     sylvester = {"kind": args.sylvester_kind}
     if args.sylvester_columns is not None:
         sylvester["columns"] = args.sylvester_columns
+    if args.sylvester_reflections is not None:
+        sylvester["reflections"] = args.sylvester_reflections
     args.flow_options = {"sylvester": sylvester}
     if args.flow_hidden is not None:
         for name in POSTERIORS[1:]:

@@ -108,17 +108,26 @@ def default_atol(atol: float | None, eps: float) -> float:
     return 64 * eps if atol is None else atol
 
 
+#: What a residual block's fixed-point tolerance is relative to: the rounding of ``g(z, c)``
+#: scales with its whole input and output, so every element of a row is judged at the
+#: largest magnitude of the row's ``z``, its target ``w = z + g`` and its context.
+ROW_SCALE = "1 + the largest |z|, |w| or |context| of the row"
+#: What the elementwise (planar, Sylvester) solves' tolerance is relative to.
+ELEMENT_SCALE = "1 + |x|"
+
+
 def convergence_message(max_iter: int, atol: float, bad: int | None = None, rows: int = 0,
                         last: float | None = None,
                         owner: str = "ResidualBlock",
-                        method: str = "fixed-point inverse") -> str:  # fmt: skip
+                        method: str = "fixed-point inverse",
+                        relative: str = ROW_SCALE) -> str:  # fmt: skip
     """The sentence of a `ConvergenceError` (without the counts where they are unknown, as
-    inside ``jit``)."""
+    inside ``jit``); ``relative`` names what ``atol`` is relative to."""
     which = "some rows" if bad is None else f"{bad} of {rows} rows"
     reached = "" if last is None else f": the largest last step was {last:.3e}"
     return (
         f"the {method} of {owner} did not converge for {which} in "
-        f"max_iter={max_iter} iterations{reached} (atol={atol:.3e}, relative to 1 + |z|); "
+        f"max_iter={max_iter} iterations{reached} (atol={atol:.3e}, relative to {relative}); "
         "raise max_iter or atol"
     )
 

@@ -22,6 +22,7 @@ pytest.importorskip("matplotlib")
 
 SCRIPTS = [
     ("digits.py", "digits.png", "torch", ()),
+    ("digits.py", "digits.png", "torch", ("--model", "residual")),
     ("two_moons.py", "two_moons.png", "torch", ()),
     ("two_moons.py", "two_moons_residual.png", "torch", ("--model", "residual")),
     ("digits_numpyro.py", "digits_numpyro.png", "numpyro", ()),

@@ -346,7 +346,7 @@ def _check_gradients(t, x, context) -> None:
 
 # the residual family joins the fuzz once its round-trip bound accounts for the fixed-point
 # tolerance (its invariants, parity and own tests run; see the closing note of issue 17)
-FUZZED = [c for c in ALL if not c.id.startswith("Residual")]
+FUZZED = ALL
 
 
 @pytest.mark.parametrize("case", FUZZED, ids=[c.id for c in FUZZED])

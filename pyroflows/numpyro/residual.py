@@ -35,6 +35,7 @@ from jax import Array
 from pyroflows import _checks
 from pyroflows._residual import (
     ABOVE_MINUS_ONE_SHIFT,
+    ELEMENT_SCALE,
     LOGDET_MODES,
     ROULETTE_STOP,
     ConvergenceError,
@@ -66,14 +67,20 @@ def _g(activation: str, weights, z: Array, c: Array) -> Array:
     return apply_lipschitz(activation, weights, jnp.concatenate([z, c], axis=-1))
 
 
-def _contract(step, start: Array, atol: float, max_iter: int) -> Array:
+def _row_scale(*arrays: Array) -> Array:
+    """The largest magnitude of each row over ``arrays`` (shape ``(..., 1)``)."""
+    return jnp.max(jnp.abs(jnp.concatenate(arrays, axis=-1)), axis=-1, keepdims=True)
+
+
+def _contract(step, start: Array, atol: float, max_iter: int, floor: Array) -> Array:
     """Iterate ``x <- step(x)`` from ``start`` until no element moves by more than
-    ``atol * (1 + |x|)`` (or ``max_iter`` iterations)."""
+    ``atol * (1 + max(floor, max |x|))`` over its row (or ``max_iter`` iterations)."""
 
     def body(state):
         i, x, _ = state
         new = step(x)
-        return i + 1, new, jnp.all(jnp.abs(new - x) <= atol * (1 + jnp.abs(new)))
+        scale = 1 + jnp.maximum(floor, _row_scale(new))
+        return i + 1, new, jnp.all(jnp.abs(new - x) <= atol * scale)
 
     def cond(state):
         return (state[0] < max_iter) & ~state[2]
@@ -89,11 +96,14 @@ def _fixed_point(activation: str, atol: float, max_iter: int, weights, w: Array,
     def residual(z):
         return z + _g(activation, weights, z, c) - w
 
+    # judged at the row's scale: the rounding of g(z, c) scales with |z|, |w|, |c|
+    floor = jax.lax.stop_gradient(_row_scale(w, c))
+
     def solve(f, guess):
-        return _contract(lambda z: z - f(z), guess, atol, max_iter)
+        return _contract(lambda z: z - f(z), guess, atol, max_iter, floor)
 
     def contraction(linear, rhs):  # solve linear(t) = t + J t = rhs (or its transpose)
-        return _contract(lambda t: rhs - (linear(t) - t), rhs, atol, max_iter)
+        return _contract(lambda t: rhs - (linear(t) - t), rhs, atol, max_iter, _row_scale(rhs))
 
     def tangent_solve(linear, rhs):
         return jax.lax.custom_linear_solve(
@@ -235,7 +245,8 @@ class ResidualBlock(Bijection):
         g, log_det = self._g_and_log_det(weights, z, c)
         # the step the iteration would take next, per row against the tolerance
         last = jnp.abs(jax.lax.stop_gradient(flat - g - z))
-        done = jnp.all(last <= atol * (1 + jnp.abs(jax.lax.stop_gradient(z))), axis=-1)
+        scale = 1 + jax.lax.stop_gradient(_row_scale(z, flat, c))
+        done = jnp.all(last <= atol * scale, axis=-1)
         if is_concrete(done):
             if not bool(jnp.all(done)):
                 bad = int(jnp.sum(~done))
@@ -349,10 +360,13 @@ def _check_converged(owner: str, max_iter: int, atol: float, done: Array, step: 
                     float(jnp.max(step)),
                     owner=owner,
                     method="inverse",
+                    relative=ELEMENT_SCALE,
                 )
             )
         return out
-    message = convergence_message(max_iter, atol, owner=owner, method="inverse")
+    message = convergence_message(
+        max_iter, atol, owner=owner, method="inverse", relative=ELEMENT_SCALE
+    )
     return eqx.error_if(out, ~jnp.all(rows), message)
 
 

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from pyroflows import _checks
 from pyroflows._residual import (
     ABOVE_MINUS_ONE_SHIFT,
+    ELEMENT_SCALE,
     LOGDET_MODES,
     ROULETTE_STOP,
     ConvergenceError,
@@ -92,8 +93,8 @@ class ResidualBlock(Bijection):
             ``True``: base -> data (one-pass sampling, for guides).
         terms: ``"series"``: number of terms (default 5); ``"unbiased"``: terms always taken
             before the roulette starts (default 2).
-        atol: Tolerance of the fixed-point inverse, relative to ``1 + |z|`` (default
-            ``64 * eps`` of the dtype).
+        atol: Tolerance of the fixed-point inverse, relative to ``1 +`` the largest
+            ``|z|``, ``|w|`` or ``|context|`` of the row (default ``64 * eps`` of the dtype).
         max_iter: Most iterations of the fixed-point inverse (and of the gradient solve).
 
     Examples:
@@ -229,11 +230,15 @@ class ResidualBlock(Bijection):
             w0 = flat.detach()
             done = torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)
             step = torch.zeros_like(z)
+            # judged at the row's scale: the rounding of g(z, c) scales with |z|, |w|, |c|
+            floor = w0.abs() if c0 is None else torch.cat([w0, c0], -1).abs()
+            floor = floor.amax(-1, keepdim=True)
             for _ in range(self.max_iter):
                 new = w0 - self._g(weights, z, c0)
                 step = (new - z).abs()
                 z = new
-                done = (step <= atol * (1 + z.abs())).all(-1)
+                scale = 1 + torch.maximum(floor, z.abs().amax(-1, keepdim=True))
+                done = (step <= atol * scale).all(-1)
                 if bool(done.all()):
                     break
             if not bool(done.all()):
@@ -344,6 +349,7 @@ def _raise_unconverged(owner: str, max_iter: int, atol: float, done: Tensor, ste
                 float(step.max()),
                 owner=owner,
                 method="inverse",
+                relative=ELEMENT_SCALE,
             )
         )
 
