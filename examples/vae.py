@@ -296,6 +296,7 @@ def train(
     seed: int,
     log,
     weight_decay: float = 0.0,
+    flow_weight_decay: float | None = None,
 ) -> dict:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
@@ -303,13 +304,18 @@ def train(
     lr = 1e-3
     optim = pyro.optim.Adamax({"lr": lr})
     svi = SVI(vae.model, vae.guide, optim, Trace_ELBO())
+    flow_decay = weight_decay if flow_weight_decay is None else flow_weight_decay
+    flow_ids = set() if vae.amortized is None else {id(p) for p in vae.amortized.parameters()}
 
     def step(batch: Tensor) -> float:
         loss = svi.step(batch)
-        if weight_decay:  # decoupled weight decay, as optax.add_decayed_weights in JAX
-            with torch.no_grad():
-                for p in vae.parameters():
-                    p.mul_(1.0 - lr * weight_decay)
+        # decoupled weight decay, as optax.add_decayed_weights in JAX; the amortized flow's
+        # weights decay at their own rate (default the same)
+        with torch.no_grad():
+            for p in vae.parameters():
+                rate = flow_decay if id(p) in flow_ids else weight_decay
+                if rate:
+                    p.mul_(1.0 - lr * rate)
         return loss
 
     best, best_state, best_epoch, history = math.inf, None, 0, []
@@ -389,7 +395,17 @@ def main(argv: list[str] | None = None) -> dict:
         )
         print(f"{posterior} posterior ({sum(p.numel() for p in vae.parameters())} parameters)")
         start = time.perf_counter()
-        info = train(vae, data, epochs, warmup, args.patience, args.seed, print, args.weight_decay)
+        info = train(
+            vae,
+            data,
+            epochs,
+            warmup,
+            args.patience,
+            args.seed,
+            print,
+            args.weight_decay,
+            args.flow_weight_decay,
+        )
         seconds = time.perf_counter() - start
         pyro.set_rng_seed(args.seed)
         nats = negative_elbo(vae, test, particles=particles, batch=20)

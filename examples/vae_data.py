@@ -77,6 +77,12 @@ def parse_args(
         "--weight-decay", type=float, default=0.0, help="decoupled weight decay (per unit lr)"
     )
     parser.add_argument(
+        "--flow-weight-decay",
+        type=float,
+        default=None,
+        help="decoupled weight decay of the amortized flow's weights (default --weight-decay)",
+    )
+    parser.add_argument(
         "--channels", type=int, default=0, help="gated conv nets of this width (0: MLPs)"
     )
     parser.add_argument(
@@ -124,6 +130,8 @@ def parse_args(
         for name in POSTERIORS[1:]:
             args.flow_options.setdefault(name, {})["hidden"] = tuple(args.flow_hidden)
 
+    if args.flow_weight_decay is None:
+        args.flow_weight_decay = args.weight_decay
     data = load(args.dataset, args.data, args.split_seed)
     if args.hidden is not None:
         data["hidden"] = args.hidden

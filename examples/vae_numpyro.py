@@ -269,8 +269,17 @@ def main(argv: list[str] | None = None) -> dict:
             args.flow_options.get(posterior),
         )
         lr = 1e-3
+
+        def decay(rate: float, flow: bool):  # on the amortized flow's weights, or the rest
+            return optax.add_decayed_weights(
+                rate, mask=lambda p: {k: k.startswith("amortized") == flow for k in p}
+            )
+
         optimizer = optax.chain(
-            optax.scale_by_adamax(), optax.add_decayed_weights(args.weight_decay), optax.scale(-lr)
+            optax.scale_by_adamax(),
+            decay(args.weight_decay, False),
+            decay(args.flow_weight_decay, True),
+            optax.scale(-lr),
         )
         svi = SVI(model, guide, numpyro.optim.optax_to_numpyro(optimizer), Trace_ELBO())
         state = svi.init(jax.random.key(args.seed + 1), train_x[:100])
