@@ -265,10 +265,12 @@ class ResidualBlock(Bijection):
 
         def solve(a: Tensor) -> Tensor:
             b = a
+            floor = a.abs().amax(-1, keepdim=True)  # judged at the row's scale, as the inverse
             for _ in range(self.max_iter):
                 jtb = torch.autograd.grad(g_leaf, leaf, b, retain_graph=True)[0]
                 new = a - jtb
-                if bool(((new - b).abs() <= atol * (1 + new.abs())).all()):
+                scale = 1 + torch.maximum(floor, new.abs().amax(-1, keepdim=True))
+                if bool(((new - b).abs() <= atol * scale).all()):
                     return new
                 b = new
             raise ConvergenceError(
