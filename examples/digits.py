@@ -352,10 +352,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     train_flow(flow, train, val, config, generator, scorer)
     train_seconds = time.perf_counter() - start
-    if scorer is not None:
-        pf.set_params(scorer, pf.get_params(flow)).eval()
+    scored = flow if scorer is None else pf.set_params(scorer, pf.get_params(flow)).eval()
     with torch.no_grad():
-        flow_log_prob = (flow if scorer is None else scorer)().log_prob(test_draws).mean(0)
+        flow_log_prob = scored().log_prob(test_draws).mean(0)
 
     def flow_sample(n: int) -> Tensor:
         with torch.no_grad():

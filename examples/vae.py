@@ -304,18 +304,18 @@ def train(
     lr = 1e-3
     optim = pyro.optim.Adamax({"lr": lr})
     svi = SVI(vae.model, vae.guide, optim, Trace_ELBO())
+    # decoupled weight decay, as optax.add_decayed_weights in JAX; the amortized flow's
+    # weights decay at their own rate (default the same): (parameter, factor) pairs, once
     flow_decay = weight_decay if flow_weight_decay is None else flow_weight_decay
     flow_ids = set() if vae.amortized is None else {id(p) for p in vae.amortized.parameters()}
+    rates = ((p, flow_decay if id(p) in flow_ids else weight_decay) for p in vae.parameters())
+    decays = [(p, 1.0 - lr * rate) for p, rate in rates if rate]
 
     def step(batch: Tensor) -> float:
         loss = svi.step(batch)
-        # decoupled weight decay, as optax.add_decayed_weights in JAX; the amortized flow's
-        # weights decay at their own rate (default the same)
         with torch.no_grad():
-            for p in vae.parameters():
-                rate = flow_decay if id(p) in flow_ids else weight_decay
-                if rate:
-                    p.mul_(1.0 - lr * rate)
+            for p, factor in decays:
+                p.mul_(factor)
         return loss
 
     best, best_state, best_epoch, history = math.inf, None, 0, []

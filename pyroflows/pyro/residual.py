@@ -78,6 +78,11 @@ __all__ = [
 ]
 
 
+def _row_scale(*tensors: Tensor) -> Tensor:
+    """The largest magnitude of each row over ``tensors`` (shape ``(..., 1)``)."""
+    return torch.cat(tensors, dim=-1).abs().amax(-1, keepdim=True)
+
+
 class ResidualBlock(Bijection):
     """Invertible residual block ``z + g(z[, context])`` with ``Lip(g) < lipschitz``.
 
@@ -231,13 +236,12 @@ class ResidualBlock(Bijection):
             done = torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)
             step = torch.zeros_like(z)
             # judged at the row's scale: the rounding of g(z, c) scales with |z|, |w|, |c|
-            floor = w0.abs() if c0 is None else torch.cat([w0, c0], -1).abs()
-            floor = floor.amax(-1, keepdim=True)
+            floor = _row_scale(w0) if c0 is None else _row_scale(w0, c0)
             for _ in range(self.max_iter):
                 new = w0 - self._g(weights, z, c0)
                 step = (new - z).abs()
                 z = new
-                scale = 1 + torch.maximum(floor, z.abs().amax(-1, keepdim=True))
+                scale = 1 + torch.maximum(floor, _row_scale(z))
                 done = (step <= atol * scale).all(-1)
                 if bool(done.all()):
                     break
@@ -265,11 +269,11 @@ class ResidualBlock(Bijection):
 
         def solve(a: Tensor) -> Tensor:
             b = a
-            floor = a.abs().amax(-1, keepdim=True)  # judged at the row's scale, as the inverse
+            floor = _row_scale(a)  # judged at the row's scale, as the inverse
             for _ in range(self.max_iter):
                 jtb = torch.autograd.grad(g_leaf, leaf, b, retain_graph=True)[0]
                 new = a - jtb
-                scale = 1 + torch.maximum(floor, new.abs().amax(-1, keepdim=True))
+                scale = 1 + torch.maximum(floor, _row_scale(new))
                 if bool(((new - b).abs() <= atol * scale).all()):
                     return new
                 b = new
