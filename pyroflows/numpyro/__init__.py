@@ -11,11 +11,13 @@ Examples:
 
 from pyroflows.numpyro.amortized import AmortizedFlow, AmortizedIAF
 from pyroflows.numpyro.autoregressive import MaskedAutoregressive
+from pyroflows.numpyro.continuous import Continuous, ODESolveError
 from pyroflows.numpyro.core import Bijection, BijectionTransform, Chain, Invert
 from pyroflows.numpyro.coupling import Coupling
 from pyroflows.numpyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
 from pyroflows.numpyro.distributions import Flow, FlowDistribution
 from pyroflows.numpyro.flows import (
+    FFJORD,
     IAF,
     MAF,
     NICE,
@@ -58,9 +60,11 @@ __all__ = [
     "BijectionTransform",
     "Chain",
     "ConvergenceError",
+    "Continuous",
     "Coupling",
     "Flow",
     "FlowDistribution",
+    "FFJORD",
     "IAF",
     "Invert",
     "LULinear",
@@ -71,6 +75,7 @@ __all__ = [
     "MaskedAutoregressive",
     "NICE",
     "NSF",
+    "ODESolveError",
     "Permute",
     "RealNVP",
     "ResidualBlock",

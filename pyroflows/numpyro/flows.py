@@ -41,6 +41,7 @@ from numpyro.distributions import Distribution
 
 from pyroflows import _checks, structure
 from pyroflows.numpyro.autoregressive import MaskedAutoregressive
+from pyroflows.numpyro.continuous import Continuous
 from pyroflows.numpyro.coupling import Coupling
 from pyroflows.numpyro.distributions import Flow
 from pyroflows.numpyro.linear import ActNorm, Scale
@@ -53,7 +54,18 @@ from pyroflows.numpyro.transformers import (
     Transformer,
 )
 
-__all__ = ["NICE", "RealNVP", "NSF", "MAF", "IAF", "ResidualFlow", "Planar", "Radial", "Sylvester"]
+__all__ = [
+    "NICE",
+    "RealNVP",
+    "NSF",
+    "MAF",
+    "IAF",
+    "ResidualFlow",
+    "FFJORD",
+    "Planar",
+    "Radial",
+    "Sylvester",
+]
 
 
 def _check_transforms(transforms: int) -> int:
@@ -339,6 +351,44 @@ def ResidualFlow(  # noqa: N802
             )
         )
         layers.append(ActNorm(features))
+    return Flow(layers, base)
+
+
+def FFJORD(  # noqa: N802
+    features: int,
+    context: int = 0,
+    transforms: int = 1,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    trace: str = "exact",
+    probe: str = "gaussian",
+    solver: str = "dopri5",
+    steps: int | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    adjoint: bool = False,
+    t1: float = 1.0,
+    activation: str = "elu",
+    base: Distribution | None = None,
+    key: Array | None = None,
+) -> Flow:
+    """FFJORD: ``transforms`` continuous normalizing flows in a row, solved with diffrax (as
+    `pyroflows.pyro.FFJORD`; ``solver`` also takes ``"tsit5"``; ``key`` keyword only).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import pyroflows.numpyro as pfj
+        >>> flow = pfj.FFJORD(2, hidden=(16,), solver="rk4", steps=8, key=jax.random.key(0))
+        >>> flow().log_prob(jnp.zeros((3, 2))).shape
+        (3,)
+    """
+    key = _check_key(key, "FFJORD")
+    layers = [
+        Continuous(features, context, hidden, trace=trace, probe=probe, solver=solver,
+                   steps=steps, atol=atol, rtol=rtol, adjoint=adjoint, t1=t1,
+                   activation=activation, key=k)  # fmt: skip
+        for k in jax.random.split(key, _check_transforms(transforms))
+    ]
     return Flow(layers, base)
 
 

@@ -275,8 +275,9 @@ class ResidualBlock(Bijection):
 
 
 def with_key(tree, key: Array):
-    """``tree`` (a flow, a chain, a block) with a fresh ``key`` in every `ResidualBlock`
-    (split from ``key``), so that their stochastic log-dets draw new numbers.
+    """``tree`` (a flow, a chain, a block) with a fresh ``key`` in every `ResidualBlock` and
+    every `pyroflows.numpyro.Continuous` (split from ``key``), so that their stochastic
+    log-dets (roulette, Hutchinson probes) draw new numbers.
 
     Examples:
         >>> import jax
@@ -284,10 +285,13 @@ def with_key(tree, key: Array):
         >>> flow = pfj.ResidualFlow(2, transforms=2, hidden=(8,), key=jax.random.key(0))
         >>> flow = pfj.with_key(flow, jax.random.key(1))
     """
+    from pyroflows.numpyro.continuous import Continuous
+
+    keyed = (ResidualBlock, Continuous)
     blocks = [
         leaf
-        for leaf in jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, ResidualBlock))
-        if isinstance(leaf, ResidualBlock)
+        for leaf in jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, keyed))
+        if isinstance(leaf, keyed)
     ]
     if not blocks:
         return tree
@@ -300,8 +304,8 @@ def with_key(tree, key: Array):
     def where(t):
         return [
             leaf.key
-            for leaf in jax.tree_util.tree_leaves(t, is_leaf=lambda x: isinstance(x, ResidualBlock))
-            if isinstance(leaf, ResidualBlock)
+            for leaf in jax.tree_util.tree_leaves(t, is_leaf=lambda x: isinstance(x, keyed))
+            if isinstance(leaf, keyed)
         ]
 
     return eqx.tree_at(where, tree, new)

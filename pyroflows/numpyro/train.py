@@ -506,10 +506,16 @@ def fit(
 def _chunk(flow) -> int:
     """Validation rows per call: fewer for a flow with a stochastic log-det (see
     `pyroflows._train.STOCHASTIC_CHUNK`)."""
+    from pyroflows.numpyro.continuous import Continuous
     from pyroflows.numpyro.residual import ResidualBlock
 
-    blocks = jax.tree_util.tree_leaves(flow, is_leaf=lambda x: isinstance(x, ResidualBlock))
-    stochastic = any(isinstance(b, ResidualBlock) and b.logdet != "exact" for b in blocks)
+    keyed = (ResidualBlock, Continuous)
+    blocks = jax.tree_util.tree_leaves(flow, is_leaf=lambda x: isinstance(x, keyed))
+    stochastic = any(
+        (isinstance(b, ResidualBlock) and b.logdet != "exact")
+        or (isinstance(b, Continuous) and b.options.trace != "exact")
+        for b in blocks
+    )
     return STOCHASTIC_CHUNK if stochastic else VALIDATION_CHUNK
 
 

@@ -10,11 +10,13 @@ Examples:
 
 from pyroflows.pyro.amortized import AmortizedFlow, AmortizedIAF
 from pyroflows.pyro.autoregressive import MaskedAutoregressive
+from pyroflows.pyro.continuous import Continuous, ODESolveError
 from pyroflows.pyro.core import Bijection, Chain, ConditionedBijection, Invert
 from pyroflows.pyro.coupling import Coupling
 from pyroflows.pyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
 from pyroflows.pyro.distributions import Flow, FlowDistribution
 from pyroflows.pyro.flows import (
+    FFJORD,
     IAF,
     MAF,
     NICE,
@@ -56,9 +58,11 @@ __all__ = [
     "Chain",
     "ConditionedBijection",
     "ConvergenceError",
+    "Continuous",
     "Coupling",
     "Flow",
     "FlowDistribution",
+    "FFJORD",
     "IAF",
     "Invert",
     "LULinear",
@@ -69,6 +73,7 @@ __all__ = [
     "MaskedAutoregressive",
     "NICE",
     "NSF",
+    "ODESolveError",
     "Permute",
     "RealNVP",
     "ResidualBlock",

@@ -365,9 +365,14 @@ def fit(
 def _chunk(flow: Flow) -> int:
     """Validation rows per call: fewer for a flow with a stochastic log-det (see
     `pyroflows._train.STOCHASTIC_CHUNK`)."""
+    from pyroflows.pyro.continuous import Continuous
     from pyroflows.pyro.residual import ResidualBlock
 
-    stochastic = any(isinstance(m, ResidualBlock) and m.logdet != "exact" for m in flow.modules())
+    stochastic = any(
+        (isinstance(m, ResidualBlock) and m.logdet != "exact")
+        or (isinstance(m, Continuous) and m.options.trace != "exact")
+        for m in flow.modules()
+    )
     return STOCHASTIC_CHUNK if stochastic else VALIDATION_CHUNK
 
 
