@@ -56,6 +56,7 @@ class Case:
     identity_at_init: bool = True
     volume_preserving: bool = False
     recipe: bool = False
+    inexact: float = 0.0  # ODE solves: the solver's error, added to the round-trip tolerances
 
     def __repr__(self) -> str:
         return self.id
@@ -218,6 +219,13 @@ BIJECTIONS += [
         lambda key: _flow(pfj.SylvesterLayer(4, kind="triangular", reverse=True, key=key)),
         4,
     ),
+    Case(
+        "Continuous-rk4-ctx2",
+        lambda key: _flow(pfj.Continuous(3, 2, (8,), solver="rk4", steps=20, key=key)),
+        3,
+        2,
+        inexact=1e-6,
+    ),
 ]
 
 RECIPES: list[Case] = []
@@ -232,6 +240,7 @@ for _name, _recipe, _kwargs in (
     ("Planar", pfj.Planar, {}),
     ("Radial", pfj.Radial, {}),
     ("Sylvester", pfj.Sylvester, {}),
+    ("FFJORD", pfj.FFJORD, {"solver": "rk4", "steps": 16}),
 ):
     for _ctx in (0, 2):
         _features = 3 if _ctx else 4
@@ -241,7 +250,14 @@ for _name, _recipe, _kwargs in (
             return r(f, c, transforms=2, hidden=h, key=key, **kw)
 
         RECIPES.append(
-            Case(f"{_name}" + (f"-ctx{_ctx}" if _ctx else ""), _make, _features, _ctx, recipe=True)
+            Case(
+                f"{_name}" + (f"-ctx{_ctx}" if _ctx else ""),
+                _make,
+                _features,
+                _ctx,
+                recipe=True,
+                inexact=1e-5 if _name == "FFJORD" else 0.0,
+            )
         )
 
 # Compiling dominates: by default the suite runs a subset of the torch suite's matrix that
@@ -267,6 +283,8 @@ LEAN_SKIP = {
     "Radial-ctx2",
     "Sylvester",
     "Sylvester-orthogonal-columns2",
+    "FFJORD",  # the bijection case Continuous-rk4-ctx2 runs; the recipe is in test_parity.py
+    "FFJORD-ctx2",
 }
 if os.environ.get("PYROFLOWS_JAX_FULL", "") not in ("1", "true", "yes"):
     BIJECTIONS = [c for c in BIJECTIONS if c.id not in LEAN_SKIP]
@@ -524,8 +542,10 @@ def test_round_trip(case):
     r, inputs = probe(case), _inputs(case)
     if case.identity_at_init:  # the perturbation moved the map far from the identity
         assert np.abs(r["forward"] - inputs["x"]).max() > 1e-2
-    assert_close(r["x_back"], inputs["x"], atol=1e-9, msg="inverse(forward(x))")
-    assert_close(r["y_back"], inputs["y_full"], atol=1e-9, msg="forward(inverse(y))")
+    assert_close(r["x_back"], inputs["x"], atol=max(1e-9, case.inexact), msg="inverse(forward(x))")
+    assert_close(
+        r["y_back"], inputs["y_full"], atol=max(1e-9, case.inexact), msg="forward(inverse(y))"
+    )
 
 
 # --------------------------------------------------------------------------- 2. log_det vs jacfwd
@@ -541,7 +561,7 @@ def test_log_det_matches_jacfwd_jacobian(case):
     assert jac.shape == (size, case.features, case.features) and log_det.shape == (size,)
     sign, logabsdet = np.linalg.slogdet(jac)
     assert (sign != 0).all()
-    assert_close(log_det, logabsdet, atol=1e-8, msg="forward log_det")
+    assert_close(log_det, logabsdet, atol=max(1e-8, case.inexact), msg="forward log_det")
 
 
 # --------------------------------------------------------------------------- 3. inverse log_det
@@ -551,7 +571,9 @@ def test_log_det_matches_jacfwd_jacobian(case):
 def test_inverse_log_det_is_minus_forward(case):
     r = probe(case)
     fwd = r["forward_log_det_one"].reshape(BATCH)
-    assert_close(r["inverse_log_det_at_forward"], -fwd, atol=1e-9, msg="at y = forward(x)")
+    assert_close(
+        r["inverse_log_det_at_forward"], -fwd, atol=max(1e-9, case.inexact), msg="at y = forward(x)"
+    )
     if case.volume_preserving:
         assert np.count_nonzero(fwd) == 0
     else:
@@ -678,7 +700,14 @@ def test_log_prob_one_pass_equals_two_pass(case):
     expected = r["base_log_prob_of_inverse"] + r["inverse_log_det"]
     assert_close(expected, standard_normal_log_prob(r["inverse"]) + r["inverse_log_det"], 1e-12)
     assert_close(lp, expected, atol=1e-10, msg="base.log_prob(inverse) + log_det")
-    assert_close(lp, r["numpyro_log_prob"], atol=1e-10, msg="numpyro TransformedDistribution")
+    # (NumPyro scores with the forward log-det at the inverse: an ODE's differs by the solver's
+    # error)
+    assert_close(
+        lp,
+        r["numpyro_log_prob"],
+        atol=max(1e-10, case.inexact),
+        msg="numpyro TransformedDistribution",
+    )
     if case.identity_at_init:  # not simply the base density
         assert np.abs(lp - standard_normal_log_prob(_inputs(case)["y_full"])).max() > 1e-3
 
@@ -691,7 +720,7 @@ def test_sample_with_intermediates(case):
     r = probe(case)
     assert r["sample"].shape == (5, case.features) and np.isfinite(r["sample"]).all()
     assert r["sample_log_prob"].shape == (5,)
-    assert_close(r["sample_log_prob_cached"], r["sample_log_prob"], atol=1e-8)
+    assert_close(r["sample_log_prob_cached"], r["sample_log_prob"], atol=max(1e-8, case.inexact))
 
 
 # --------------------------------------------------------------------------- 9. 1-D densities

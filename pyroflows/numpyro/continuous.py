@@ -153,9 +153,11 @@ class Continuous(Bijection):
                     return self.velocity(zi, t, ci)
 
                 dz = self.velocity(z, t, c)
-                jac = jax.vmap(jax.jacfwd(row))(z, c) if c is not None else jax.vmap(
-                    jax.jacfwd(lambda zi: row(zi, None))
-                )(z)
+                jac = (
+                    jax.vmap(jax.jacfwd(row))(z, c)
+                    if c is not None
+                    else jax.vmap(jax.jacfwd(lambda zi: row(zi, None)))(z)
+                )
                 trace = jnp.trace(jac, axis1=-2, axis2=-1)
                 frobenius = jnp.sum(jac * jac, axis=(-2, -1)) if regularize else None
             else:
@@ -252,7 +254,9 @@ class Continuous(Bijection):
                 )
             return end
         reason = "it took too many steps or the state became non-finite"
-        return eqx.error_if(end, failed | ~finite, solve_failed_message(owner, self.options, reason))
+        return eqx.error_if(
+            end, failed | ~finite, solve_failed_message(owner, self.options, reason)
+        )
 
     def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         solution = self.solve(x, context)

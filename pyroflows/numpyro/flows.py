@@ -384,9 +384,21 @@ def FFJORD(  # noqa: N802
     """
     key = _check_key(key, "FFJORD")
     layers = [
-        Continuous(features, context, hidden, trace=trace, probe=probe, solver=solver,
-                   steps=steps, atol=atol, rtol=rtol, adjoint=adjoint, t1=t1,
-                   activation=activation, key=k)  # fmt: skip
+        Continuous(
+            features,
+            context,
+            hidden,
+            trace=trace,
+            probe=probe,
+            solver=solver,
+            steps=steps,
+            atol=atol,
+            rtol=rtol,
+            adjoint=adjoint,
+            t1=t1,
+            activation=activation,
+            key=k,
+        )  # fmt: skip
         for k in jax.random.split(key, _check_transforms(transforms))
     ]
     return Flow(layers, base)

@@ -129,7 +129,9 @@ class Continuous(Bijection):
         text = super().extra_repr() + f", trace={o.trace!r}, solver={o.solver!r}"
         if o.fixed:
             return text + f", steps={o.steps}"
-        return text + f", atol={o.atol:g}, rtol={o.rtol:g}" + (", adjoint=True" if o.adjoint else "")
+        return (
+            text + f", atol={o.atol:g}, rtol={o.rtol:g}" + (", adjoint=True" if o.adjoint else "")
+        )
 
     def velocity(self, z: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
         """The vector field ``f(z, t[, context])``, shape of ``z`` (``t`` a number or a tensor
@@ -152,8 +154,9 @@ class Continuous(Bijection):
                 dz = self.velocity(z, t, context)
                 if exact:
                     rows = [
-                        torch.autograd.grad(dz[:, i].sum(), z, create_graph=keep,
-                                            retain_graph=True)[0]  # fmt: skip
+                        torch.autograd.grad(
+                            dz[:, i].sum(), z, create_graph=keep, retain_graph=True
+                        )[0]  # fmt: skip
                         for i in range(d)
                     ]
                     trace = sum(row[:, i] for i, row in enumerate(rows))

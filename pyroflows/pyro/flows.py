@@ -396,9 +396,20 @@ def FFJORD(  # noqa: N802
         torch.Size([3])
     """
     layers = [
-        Continuous(features, context, hidden, trace=trace, probe=probe, solver=solver,
-                   steps=steps, atol=atol, rtol=rtol, adjoint=adjoint, t1=t1,
-                   activation=activation)  # fmt: skip
+        Continuous(
+            features,
+            context,
+            hidden,
+            trace=trace,
+            probe=probe,
+            solver=solver,
+            steps=steps,
+            atol=atol,
+            rtol=rtol,
+            adjoint=adjoint,
+            t1=t1,
+            activation=activation,
+        )  # fmt: skip
         for _ in range(_check_transforms(transforms))
     ]
     return Flow(layers, base)
