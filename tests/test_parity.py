@@ -77,9 +77,7 @@ for _ctx in (0, 2):
     ):
         RECIPES.append(Case(f"{_id}-ctx{_ctx}", _recipe(_name, 3, _ctx, **_kwargs), 3, _ctx))
 RECIPES += [
-    Case(
-        "FFJORD-euler-tanh", _recipe("FFJORD", 2, 0, solver="euler", steps=9, activation="tanh"), 2
-    ),
+    Case("FFJORD-euler-elu", _recipe("FFJORD", 2, 0, solver="euler", steps=9, activation="elu"), 2),
     Case("NSF-autoregressive-bins3-bound5", _recipe("NSF", 4, 0, bins=3, bound=5.0), 4),
     Case(
         "NSF-coupling-bins6-bound1.5-ctx1",

@@ -368,7 +368,7 @@ def FFJORD(  # noqa: N802
     rtol: float = 1e-5,
     adjoint: bool = False,
     t1: float = 1.0,
-    activation: str = "elu",
+    activation: str = "tanh",
     base: Distribution | None = None,
     key: Array | None = None,
 ) -> Flow:

@@ -108,7 +108,7 @@ class Continuous(Bijection):
         rtol: float = 1e-5,
         adjoint: bool = False,
         t1: float = 1.0,
-        activation: str = "elu",
+        activation: str = "tanh",
         max_steps: int = MAX_STEPS,
     ) -> None:
         super().__init__(features, context)

@@ -359,7 +359,7 @@ def FFJORD(  # noqa: N802
     rtol: float = 1e-5,
     adjoint: bool = False,
     t1: float = 1.0,
-    activation: str = "elu",
+    activation: str = "tanh",
     base: Distribution | None = None,
 ) -> Flow:
     """FFJORD (Grathwohl et al., 2019): ``transforms`` continuous normalizing flows in a row.

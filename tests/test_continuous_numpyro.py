@@ -1,0 +1,160 @@
+"""The continuous family (JAX): `Continuous` and `FFJORD` beyond the invariant suite.
+
+The twin of ``test_continuous_pyro.py``, plus what only JAX has: ``tsit5``, the key of the
+Hutchinson probes (`with_key`), ``jit``, and the two differentiation modes (direct and
+checkpointed) agreeing to rounding.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pyroflows.numpyro as pfj
+from pyroflows._continuous import STAGES
+
+pytestmark = pytest.mark.usefixtures("jax_x64")
+
+TIGHT = {"solver": "dopri5", "atol": 1e-10, "rtol": 1e-10}
+
+
+def moved(module, scale: float = 0.4, seed: int = 0):
+    leaves, tree = jax.tree_util.tree_flatten(module)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    leaves = [
+        leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype)
+        if eqx.is_inexact_array(leaf)
+        else leaf
+        for leaf, k in zip(leaves, keys, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(tree, leaves)
+
+
+def points(*shape: int, seed: int = 1):
+    return jax.random.normal(jax.random.key(100 + seed), shape, jnp.float64)
+
+
+def continuous(*args, key=0, **kwargs):
+    return pfj.Continuous(*args, key=jax.random.key(key), **kwargs)
+
+
+def test_exact_log_det_is_the_log_det_of_the_solution_jacobian():
+    cnf = moved(continuous(3, 2, (8,), solver="tsit5", atol=1e-10, rtol=1e-10))
+    x, c = points(4, 3), points(4, 2, seed=2)
+    y, log_det = cnf.forward_and_log_det(x, c)
+    jac = jax.vmap(jax.jacfwd(lambda v, ci: cnf.forward_and_log_det(v[None], ci[None])[0][0]))(x, c)
+    np.testing.assert_allclose(np.linalg.slogdet(np.asarray(jac))[1], log_det, atol=1e-7)
+    x_back, inverse_log_det = cnf.inverse_and_log_det(y, c)
+    np.testing.assert_allclose(x_back, x, atol=1e-7)
+    np.testing.assert_allclose(inverse_log_det, -log_det, atol=1e-6)
+    assert np.abs(log_det).max() > 1e-2  # the moved field changes volume
+
+
+def test_dopri5_and_tsit5_agree():
+    a = moved(continuous(2, hidden=(8,), **TIGHT))
+    b = continuous(2, hidden=(8,), solver="tsit5", atol=1e-10, rtol=1e-10)
+    b = eqx.tree_at(lambda m: m.field, b, a.field)
+    x = points(5, 2)
+    for u, v in zip(a.forward_and_log_det(x), b.forward_and_log_det(x), strict=True):
+        np.testing.assert_allclose(u, v, atol=1e-8)
+
+
+@pytest.mark.parametrize("probe", ["rademacher"])  # torch's test has both
+def test_hutchinson_mean_matches_the_exact_trace(probe):
+    exact = moved(continuous(3, hidden=(8,), solver="rk4", steps=8))
+    noisy = continuous(3, hidden=(8,), trace="hutchinson", probe=probe, solver="rk4", steps=8)
+    noisy = eqx.tree_at(lambda m: m.field, noisy, exact.field)
+    x = jnp.broadcast_to(points(1, 3), (4000, 3))
+    target = exact.forward_and_log_det(x[:1])[1]
+    y, estimates = noisy.forward_and_log_det(x)
+    np.testing.assert_allclose(y, jnp.broadcast_to(exact.forward_and_log_det(x[:1])[0], y.shape))
+    error = float(estimates.std()) / 4000**0.5
+    assert float(estimates.std()) > 1e-3
+    assert abs(float(estimates.mean() - target[0])) < 4 * error
+    # the probes come from the key: the same key draws the same, with_key new ones
+    again = noisy.forward_and_log_det(x[:50])[1]
+    np.testing.assert_allclose(again, estimates[:50], atol=1e-12)
+    fresh = pfj.with_key(noisy, jax.random.key(9)).forward_and_log_det(x[:50])[1]
+    assert np.abs(fresh - again).max() > 1e-3
+
+
+def test_sample_with_intermediates_scores_as_the_inverse_solve():
+    flow = moved(pfj.FFJORD(2, transforms=2, hidden=(8,), **TIGHT, key=jax.random.key(0)))
+    d = flow()
+    x, intermediates = d.sample_with_intermediates(jax.random.key(1), (6,))
+    cached = d.log_prob(x, intermediates)
+    fresh = d.log_prob(x)
+    np.testing.assert_allclose(cached, fresh, atol=1e-6)
+    assert np.abs(cached - d.base_dist.log_prob(x)).max() > 1e-2
+
+
+def test_checkpointed_and_direct_gradients_agree():
+    direct = moved(continuous(3, 2, (8,), solver="rk4", steps=8))
+    checkpointed = eqx.tree_at(
+        lambda m: m.field,
+        continuous(3, 2, (8,), solver="rk4", steps=8, adjoint=True),
+        direct.field,
+    )
+    x, c = points(5, 3), points(5, 2, seed=2)
+
+    @eqx.filter_grad
+    def grad(args):
+        module, c = args
+        y, log_det = module.inverse_and_log_det(x, c)
+        return jnp.sum(y**2) + jnp.sum(log_det)
+
+    (a, ca), (b, cb) = grad((direct, c)), grad((checkpointed, c))
+    for u, v in zip(jax.tree_util.tree_leaves(a.field), jax.tree_util.tree_leaves(b.field)):
+        np.testing.assert_allclose(u, v, atol=1e-9 * (1 + np.abs(v).max()))
+    np.testing.assert_allclose(ca, cb, atol=1e-9)
+    assert max(np.abs(g).max() for g in jax.tree_util.tree_leaves(a.field)) > 1e-3
+
+
+def test_nfe_is_counted():
+    cnf = moved(continuous(2, hidden=(8,), solver="rk4", steps=5))
+    assert int(cnf.solve(points(3, 2)).nfe) == STAGES["rk4"] * 5
+    loose = moved(continuous(2, hidden=(8,), atol=1e-4, rtol=1e-4))
+    tight = moved(continuous(2, hidden=(8,), **TIGHT))
+    counts = [int(m.solve(points(3, 2)).nfe) for m in (loose, tight)]
+    assert 0 < counts[0] < counts[1]
+
+
+def test_regularizers_are_the_path_integrals():
+    cnf = moved(continuous(2, hidden=(8,), solver="rk4", steps=64))
+    twin = eqx.tree_at(lambda m: m.field, continuous(2, hidden=(8,), **TIGHT), cnf.field)
+    x = points(4, 2)
+    fixed, adaptive = cnf.solve(x, regularize=True), twin.solve(x, regularize=True)
+    np.testing.assert_allclose(fixed.kinetic, adaptive.kinetic, atol=1e-6)
+    np.testing.assert_allclose(fixed.jacobian, adaptive.jacobian, atol=1e-6)
+    assert fixed.kinetic.min() > 1e-2 and fixed.jacobian.min() > 1e-2
+    back = cnf.solve(fixed.value, reverse=True, regularize=True)
+    np.testing.assert_allclose(back.kinetic, fixed.kinetic, atol=1e-5)
+
+
+def test_jit_and_the_error_under_jit():
+    cnf = moved(continuous(2, 1, (8,), solver="rk4", steps=4))
+    x, c = points(3, 2), points(3, 1, seed=2)
+    jitted = eqx.filter_jit(lambda m, x, c: m.forward_and_log_det(x, c))(cnf, x, c)
+    for a, b in zip(jitted, cnf.forward_and_log_det(x, c), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    y, log_det = cnf.forward_and_log_det(jnp.zeros((0, 2)), jnp.zeros((0, 1)))
+    assert y.shape == (0, 2) and log_det.shape == (0,)
+    stiff = moved(continuous(2, hidden=(8,), atol=1e-12, rtol=1e-12, max_steps=3))
+    with pytest.raises(pfj.ODESolveError, match="solver='dopri5' failed.*raise max_steps"):
+        stiff.forward_and_log_det(x)
+    with pytest.raises(Exception, match="solver='dopri5' failed"):
+        jax.block_until_ready(eqx.filter_jit(lambda m, x: m.forward_and_log_det(x))(stiff, x))
+
+
+def test_option_errors():
+    with pytest.raises(ValueError, match="fixed-step solver: give steps"):
+        continuous(2, solver="rk4")
+    with pytest.raises(ValueError, match="steps is for the fixed-step solvers"):
+        continuous(2, steps=10)
+    with pytest.raises(ValueError, match="probe must be one of"):
+        continuous(2, trace="hutchinson", probe="uniform")
+    with pytest.raises(ValueError, match="needs a random key"):
+        pfj.FFJORD(2)
