@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from pyroflows import _checks
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "check_continuous_options",
     "evaluations",
     "solve_failed_message",
+    "ot_pairing",
+    "flow_matching_layer_error",
 ]
 
 #: Adaptive solvers (step size from ``atol`` / ``rtol``) and fixed-step ones (``steps``).
@@ -125,4 +129,34 @@ def solve_failed_message(owner: str, options: ContinuousOptions, reason: str) ->
         f"{owner}: the ODE solve with solver={options.solver!r} failed: {reason}. The vector "
         f"field may have become too stiff or too large (lower the learning rate, add kinetic "
         f"/ jacobian regularisation), or {hint}"
+    )
+
+
+def ot_pairing(noise: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """The minibatch optimal-transport coupling of Tong et al. (2023): indices ``perm`` such
+    that pairing ``noise[perm[i]]`` with ``data[i]`` minimises the total squared distance
+    (an exact assignment, by scipy's ``linear_sum_assignment``).
+
+    Examples:
+        >>> ot_pairing(np.array([[0.0], [5.0]]), np.array([[4.0], [1.0]])).tolist()
+        [1, 0]
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    noise, data = np.asarray(noise, np.float64), np.asarray(data, np.float64)
+    cost = ((data[:, None, :] - noise[None, :, :]) ** 2).sum(-1)
+    _, columns = linear_sum_assignment(cost)
+    return columns.astype(np.int32)
+
+
+def flow_matching_layer_error(layers: list[Any], continuous: type) -> str | None:
+    """Why a flow made of ``layers`` cannot be trained by flow matching (``None`` if it can:
+    it must be one `Continuous` bijection)."""
+    names = [type(layer).__name__ for layer in layers]
+    if len(layers) == 1 and isinstance(layers[0], continuous):
+        return None
+    return (
+        "flow matching trains the vector field of one Continuous bijection (a flow such as "
+        f"FFJORD(features, transforms=1)); this flow's layers are {names}. Train it by "
+        "maximum likelihood (objective='likelihood') instead"
     )

@@ -54,6 +54,13 @@ CHECKPOINT_FORMAT = "pyroflows-fit-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+#: What ``fit`` minimises: the negative log-likelihood, or the conditional flow-matching loss
+#: of a continuous flow (`pyroflows.pyro.flow_matching_loss`).
+OBJECTIVES = ("likelihood", "flow_matching")
+#: Flow matching's pairing of base noise with data rows in a minibatch.
+COUPLINGS = ("independent", "ot")
+
+
 @dataclass(frozen=True)
 class FitOptions:
     """The checked training arguments of ``fit``.
@@ -70,6 +77,10 @@ class FitOptions:
         progress: Show a progress bar.
         checkpoint: Checkpoint path, or ``None``.
         every: Epochs between checkpoints.
+        objective: ``"likelihood"`` or ``"flow_matching"``.
+        coupling: Flow matching's pairing of noise and data: ``"independent"`` or ``"ot"``.
+        kinetic: Weight of the RNODE kinetic-energy penalty (>= 0).
+        jacobian: Weight of the RNODE Jacobian-norm penalty (>= 0).
     """
 
     epochs: int
@@ -83,6 +94,10 @@ class FitOptions:
     progress: bool
     checkpoint: str | None
     every: int
+    objective: str = "likelihood"
+    coupling: str = "independent"
+    kinetic: float = 0.0
+    jacobian: float = 0.0
 
     def arguments(self) -> dict[str, Any]:
         """The arguments a resumed run must share with the run that wrote the checkpoint
@@ -95,6 +110,10 @@ class FitOptions:
             "patience": self.patience,
             "clip_grad": self.clip_grad,
             "seed": self.seed,
+            "objective": self.objective,
+            "coupling": self.coupling,
+            "kinetic": self.kinetic,
+            "jacobian": self.jacobian,
         }
 
 
@@ -137,6 +156,10 @@ def check_fit_options(
     progress: Any,
     checkpoint: Any,
     every: Any,
+    objective: Any = "likelihood",
+    coupling: Any = "independent",
+    kinetic: Any = 0.0,
+    jacobian: Any = 0.0,
 ) -> FitOptions:
     """Check the training arguments of ``fit``; raise ``ValueError`` naming the first bad one.
 
@@ -190,6 +213,23 @@ def check_fit_options(
                 f"every is the number of epochs between checkpoints and needs checkpoint=path, "
                 f"got every={every} without a checkpoint"
             )
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+    if coupling not in COUPLINGS:
+        raise ValueError(f"coupling must be one of {list(COUPLINGS)}, got {coupling!r}")
+    if objective == "likelihood" and coupling != "independent":
+        raise ValueError(
+            f"coupling={coupling!r} pairs noise and data for objective='flow_matching'; "
+            "maximum likelihood has no pairing"
+        )
+    kinetic = check_positive("kinetic", kinetic, allow_zero=True)
+    jacobian = check_positive("jacobian", jacobian, allow_zero=True)
+    if objective == "flow_matching" and (kinetic or jacobian):
+        raise ValueError(
+            "kinetic and jacobian penalise the ODE solves of maximum likelihood; "
+            "objective='flow_matching' solves no ODE (its straight paths need no penalty), "
+            f"got kinetic={kinetic}, jacobian={jacobian}"
+        )
     return FitOptions(
         epochs=epochs,
         batch_size=batch_size,
@@ -202,6 +242,10 @@ def check_fit_options(
         progress=bool(progress),
         checkpoint=path,
         every=1 if every is None else every,
+        objective=objective,
+        coupling=coupling,
+        kinetic=kinetic,
+        jacobian=jacobian,
     )
 
 
@@ -293,6 +337,8 @@ class Tracker:
         best: Best validation NLL so far.
         waited: Epochs since the last improvement.
         stopped: Whether early stopping ended the run.
+        nfe: Mean number of vector-field evaluations per training step, per epoch (flows
+            with continuous layers trained by likelihood; empty otherwise).
 
     Examples:
         >>> tracker = Tracker(patience=1)
@@ -307,15 +353,18 @@ class Tracker:
     best: float = math.inf
     waited: int = 0
     stopped: bool = False
+    nfe: list[float] = field(default_factory=list)
 
     @property
     def epochs_done(self) -> int:
         """Number of epochs recorded."""
         return len(self.train)
 
-    def record(self, train: float, validation: float | None) -> bool:
+    def record(self, train: float, validation: float | None, nfe: float | None = None) -> bool:
         """Record one epoch; return whether its validation NLL is the best so far."""
         self.train.append(float(train))
+        if nfe is not None:
+            self.nfe.append(float(nfe))
         if validation is None:
             return False
         self.validation.append(float(validation))
@@ -328,12 +377,16 @@ class Tracker:
         return False
 
     def history(self) -> dict[str, list[float] | int]:
-        """``{"train": [...], "validation": [...], "best_epoch": int}`` (copies)."""
-        return {
+        """``{"train": [...], "validation": [...], "best_epoch": int}`` (copies), and
+        ``"nfe": [...]`` when it was recorded."""
+        history: dict[str, list[float] | int] = {
             "train": list(self.train),
             "validation": list(self.validation),
             "best_epoch": self.best_epoch,
         }
+        if self.nfe:
+            history["nfe"] = list(self.nfe)
+        return history
 
     def state(self) -> dict[str, Any]:
         """The state as a JSON-able dict (``best`` may be ``inf``)."""
@@ -344,6 +397,7 @@ class Tracker:
             "best": self.best,
             "waited": self.waited,
             "stopped": self.stopped,
+            "nfe": list(self.nfe),
         }
 
     @classmethod

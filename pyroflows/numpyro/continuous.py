@@ -29,7 +29,7 @@ and equinox's runtime error with the same sentence under ``jit``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -45,12 +45,18 @@ from pyroflows._continuous import (
     ODESolveError,
     check_continuous_options,
     evaluations,
+    flow_matching_layer_error,
+    ot_pairing,
     solve_failed_message,
 )
-from pyroflows.numpyro.core import Bijection, broadcast_context, is_concrete
+from pyroflows._train import COUPLINGS
+from pyroflows.numpyro.core import Bijection, Chain, Invert, broadcast_context, is_concrete
 from pyroflows.numpyro.nn import MLP, _check_key
 
-__all__ = ["Continuous", "ContinuousSolve", "ODESolveError"]
+if TYPE_CHECKING:
+    from pyroflows.numpyro.distributions import Flow
+
+__all__ = ["Continuous", "ContinuousSolve", "ODESolveError", "flow_matching_loss"]
 
 
 class _RK38(diffrax.AbstractERK):
@@ -265,3 +271,109 @@ class Continuous(Bijection):
     def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         solution = self.solve(y, context, reverse=True)
         return solution.value, solution.log_det
+
+
+# --- training: flow matching, and likelihood with the solves' statistics ---------------------
+
+
+def _layers(bijections, flipped: bool = False):
+    """``(layer, flipped)`` of every bijection in forward order, chains and inverses opened
+    (stacks given one layer at a time)."""
+    for b in bijections:
+        if isinstance(b, Chain):
+            yield from (_layers(reversed(b.layers), True) if flipped
+                        else _layers(b.layers, False))  # fmt: skip
+        elif isinstance(b, Invert):
+            yield from _layers([b.bijection], not flipped)
+        else:
+            yield b, flipped
+
+
+def has_continuous(flow: Flow) -> bool:
+    """Whether ``flow`` holds a `Continuous` bijection."""
+    leaves = jax.tree_util.tree_leaves(flow, is_leaf=lambda x: isinstance(x, Continuous))
+    return any(isinstance(leaf, Continuous) for leaf in leaves)
+
+
+def log_prob_and_stats(
+    flow: Flow, value: Array, context: Array | None = None, *, regularize: bool = False
+) -> tuple[Array, Array, Array, Array]:
+    """``flow(context).log_prob(value)`` in one data -> base pass, with the number of
+    vector-field evaluations of its continuous layers and (``regularize=True``) the sums of
+    their RNODE kinetic and Jacobian integrals per row. Used by `pyroflows.numpyro.fit`."""
+    z, total = value, jnp.zeros(value.shape[:-1], value.dtype)
+    nfe, kinetic, jacobian = jnp.asarray(0), jnp.zeros((), value.dtype), jnp.zeros((), value.dtype)
+    for layer, flipped in reversed(list(_layers(flow.layers))):
+        c = context if layer.context_features else None
+        if isinstance(layer, Continuous):
+            solution = layer.solve(z, c, reverse=not flipped, regularize=regularize)
+            z, log_det = solution.value, solution.log_det
+            nfe = nfe + solution.nfe
+            kinetic, jacobian = kinetic + solution.kinetic, jacobian + solution.jacobian
+        elif flipped:
+            z, log_det = layer.forward_and_log_det(z, c)
+        else:
+            z, log_det = layer.inverse_and_log_det(z, c)
+        total = total + log_det
+    return flow.base_distribution().log_prob(z) + total, nfe, kinetic, jacobian
+
+
+def flow_matching_loss(
+    flow: Flow,
+    data: Array,
+    context: Array | None = None,
+    *,
+    key: Array,
+    coupling: str = "independent",
+) -> Array:
+    """Conditional flow-matching loss of a flow made of one `Continuous` bijection (as
+    `pyroflows.pyro.flow_matching_loss`); the base draws and times come from ``key``. With
+    ``coupling="ot"`` the assignment runs on the host (``jax.pure_callback`` to scipy), so
+    the loss can be jitted.
+
+    Examples:
+        >>> import jax
+        >>> import pyroflows.numpyro as pfj
+        >>> flow = pfj.FFJORD(2, hidden=(16,), key=jax.random.key(0))
+        >>> data = jax.random.normal(jax.random.key(1), (64, 2))
+        >>> loss = pfj.flow_matching_loss(flow, data, key=jax.random.key(2), coupling="ot")
+        >>> loss.shape
+        ()
+    """
+    layers = [layer for layer, _ in _layers(flow.layers)]
+    problem = flow_matching_layer_error(layers, Continuous)
+    if problem is not None:
+        raise ValueError(problem)
+    if coupling not in COUPLINGS:
+        raise ValueError(f"coupling must be one of {list(COUPLINGS)}, got {coupling!r}")
+    (cnf,) = layers
+    if coupling == "ot" and cnf.context_features:
+        raise ValueError(
+            "coupling='ot' pairs draws with rows regardless of their context, which would bias "
+            "a conditional flow; use coupling='independent' for flows with context"
+        )
+    data = cnf.check_input("data", data)
+    if data.ndim != 2:
+        raise ValueError(f"data must have shape (n, {cnf.features}), got {tuple(data.shape)}")
+    if cnf.context_features:
+        if context is None or tuple(jnp.shape(context)) != (data.shape[0], cnf.context_features):
+            got = None if context is None else tuple(jnp.shape(context))
+            raise ValueError(
+                f"context must have shape ({data.shape[0]}, {cnf.context_features}) (one row "
+                f"per data row), got {got}"
+            )
+    elif context is not None:
+        raise ValueError("context was given, but the flow was built without context")
+    n, t1 = data.shape[0], cnf.options.t1
+    noise_key, time_key = jax.random.split(key)
+    noise = flow.base_distribution().sample(noise_key, (n,)).astype(data.dtype)
+    if coupling == "ot":
+        shape = jax.ShapeDtypeStruct((n,), jnp.int32)
+        order = jax.pure_callback(ot_pairing, shape, jax.lax.stop_gradient(noise),
+                                  jax.lax.stop_gradient(data))  # fmt: skip
+        noise = noise[order]
+    fraction = jax.random.uniform(time_key, (n, 1), data.dtype)
+    point = noise + fraction * (data - noise)
+    target = (data - noise) / t1
+    velocity = cnf.velocity(point, t1 * fraction[:, 0], context)
+    return jnp.mean(jnp.sum((velocity - target) ** 2, axis=-1))

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from jax import Array
 
+from pyroflows._continuous import flow_matching_layer_error
 from pyroflows._train import (
     STOCHASTIC_CHUNK,
     VALIDATION_CHUNK,
@@ -34,6 +35,13 @@ from pyroflows._train import (
     check_rows,
     checkpoint_meta,
     fingerprint,
+)
+from pyroflows.numpyro.continuous import (
+    Continuous,
+    _layers,
+    flow_matching_loss,
+    has_continuous,
+    log_prob_and_stats,
 )
 from pyroflows.numpyro.core import Bijection, Chain, Invert, Stack, _member_context
 from pyroflows.numpyro.distributions import Flow, _float_dtype
@@ -302,8 +310,13 @@ def fit(
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     every: int | None = None,
+    objective: str = "likelihood",
+    coupling: str = "independent",
+    kinetic: float = 0.0,
+    jacobian: float = 0.0,
 ) -> tuple[Flow, dict[str, list[float] | int]]:
-    """Fit a flow by maximum likelihood; return ``(trained_flow, history)``.
+    """Fit a flow by maximum likelihood (or a continuous flow by flow matching); return
+    ``(trained_flow, history)``.
 
     Same arguments and behaviour as `pyroflows.pyro.fit`: minibatch Adam (optax) on the mean
     negative log-likelihood, with gradient clipping, L2 weight decay, a validation set for
@@ -329,6 +342,11 @@ def fit(
     layout, with the same data and the same arguments (only ``epochs``, ``every`` and
     ``progress`` may change).
 
+    Continuous flows: ``"nfe"`` in the history, the RNODE ``kinetic`` / ``jacobian``
+    penalties and ``objective="flow_matching"`` (with ``coupling``) as in
+    `pyroflows.pyro.fit`; the base draws and times of flow matching come from the seed and
+    the step's number, the validation ones from a fixed key.
+
     Args:
         flow: The flow to train.
         data: Array-like ``(n, features)`` with ``n >= 1``.
@@ -346,6 +364,10 @@ def fit(
         progress: Show a tqdm progress bar.
         checkpoint: Path of the checkpoint file to write and to resume from, or ``None``.
         every: Epochs between checkpoints (int >= 1, default 1); needs ``checkpoint``.
+        objective: ``"likelihood"`` (default) or ``"flow_matching"``.
+        coupling: Flow matching's pairing: ``"independent"`` or ``"ot"``.
+        kinetic: Weight of the RNODE kinetic-energy penalty (>= 0; likelihood only).
+        jacobian: Weight of the RNODE Jacobian-norm penalty (>= 0; likelihood only).
 
     Returns:
         The trained flow and ``{"train": [...], "validation": [...], "best_epoch": int}``.
@@ -394,7 +416,23 @@ def fit(
         progress=progress,
         checkpoint=checkpoint,
         every=every,
+        objective=objective,
+        coupling=coupling,
+        kinetic=kinetic,
+        jacobian=jacobian,
     )
+    matching = options.objective == "flow_matching"
+    if matching:
+        problem = flow_matching_layer_error([t for t, _ in _layers(flow.layers)], Continuous)
+        if problem is not None:
+            raise ValueError(problem)
+    continuous = has_continuous(flow) and not matching
+    regularize = bool(options.kinetic or options.jacobian)
+    if regularize and not has_continuous(flow):
+        raise ValueError(
+            "kinetic and jacobian penalise the ODE solves of continuous layers (FFJORD, "
+            "Continuous); this flow has none"
+        )
     dtype = _float_dtype(flow.transforms)
     data, context = _data_and_context(flow, data, context, dtype)
     plan = Plan(data.shape[0], options.validation, options.seed)
@@ -439,13 +477,27 @@ def fit(
     base_key = jax.random.key(options.seed)
 
     def nll(p, x, c, key):
-        return -with_key(eqx.combine(p, static), key)(c).log_prob(x).mean()
+        model = with_key(eqx.combine(p, static), key)
+        if matching:
+            return flow_matching_loss(model, x, c, key=key, coupling=options.coupling)
+        return -model(c).log_prob(x).mean()
+
+    def step_loss(p, x, c, key):
+        """(the loss to minimise, (the NLL to record, the evaluations of the vector fields))"""
+        if not continuous:
+            loss = nll(p, x, c, key)
+            return loss, (loss, jnp.asarray(0))
+        model = with_key(eqx.combine(p, static), key)
+        lp, nfe, kin, jac = log_prob_and_stats(model, x, c, regularize=regularize)
+        loss = -lp.mean()
+        penalty = options.kinetic * kin.mean() + options.jacobian * jac.mean()
+        return (loss + penalty if regularize else loss), (loss, nfe)
 
     @jax.jit
     def step(p, state, x, c, key):
-        loss, grads = jax.value_and_grad(nll)(p, x, c, key)
+        (_, (loss, nfe)), grads = jax.value_and_grad(step_loss, has_aux=True)(p, x, c, key)
         updates, state = optimizer.update(grads, state, p)
-        return refine_lipschitz(optax.apply_updates(p, updates)), state, loss
+        return refine_lipschitz(optax.apply_updates(p, updates)), state, loss, nfe
 
     evaluate = jax.jit(nll)
     validation_key = jax.random.fold_in(base_key, 2**31 - 1)  # no training step has it
@@ -461,13 +513,13 @@ def fit(
     )
     for epoch in bar:
         order = plan.epoch_order()
-        total = 0.0
+        total, evaluations, steps = 0.0, 0, 0
         for begin in range(0, n, options.batch_size):
             idx = order[begin : begin + options.batch_size]
             c = None if train_context is None else train_context[idx]
             key = jax.random.fold_in(base_key, epoch * batches + begin // options.batch_size)
-            params, opt_state, loss = step(params, opt_state, train_data[idx], c, key)
-            loss = float(loss)
+            params, opt_state, loss, nfe = step(params, opt_state, train_data[idx], c, key)
+            loss, evaluations, steps = float(loss), evaluations + int(nfe), steps + 1
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"the loss became non-finite ({loss}) at epoch {epoch}, batch "
@@ -485,7 +537,7 @@ def fit(
                     f"(now {options.lr}) or check that the validation data lies in the flow's "
                     "support"
                 )
-        if tracker.record(total / n, val):
+        if tracker.record(total / n, val, evaluations / steps if continuous else None):
             best_params = params
         bar.set_postfix(
             train=f"{tracker.train[-1]:.4f}", **({} if val is None else {"val": f"{val:.4f}"})
@@ -506,7 +558,6 @@ def fit(
 def _chunk(flow) -> int:
     """Validation rows per call: fewer for a flow with a stochastic log-det (see
     `pyroflows._train.STOCHASTIC_CHUNK`)."""
-    from pyroflows.numpyro.continuous import Continuous
     from pyroflows.numpyro.residual import ResidualBlock
 
     keyed = (ResidualBlock, Continuous)
