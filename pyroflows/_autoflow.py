@@ -30,7 +30,18 @@ __all__ = [
 ]
 
 #: Recipe names accepted by ``AutoFlow(model, flow=...)``.
-RECIPE_NAMES = ("iaf", "maf", "nsf", "realnvp", "nice", "planar", "radial", "sylvester", "residual")
+RECIPE_NAMES = (
+    "iaf",
+    "maf",
+    "nsf",
+    "realnvp",
+    "nice",
+    "planar",
+    "radial",
+    "sylvester",
+    "residual",
+    "ffjord",
+)
 #: The recipes of the residual family: built with ``invert=True`` (explicit base -> data map,
 #: so a guide samples and scores its draws in one pass).
 RESIDUAL_RECIPES = ("planar", "radial", "sylvester", "residual")
@@ -147,9 +158,13 @@ def recipe_kwargs(name: str, latent_dim: int, user_kwargs: Mapping[str, Any]) ->
     ``transforms=8`` (each layer is a rank-one change), and ``"residual"`` takes
     ``logdet="exact"``: the guide's entropy term is then exact and deterministic, at
     ``latent_dim`` backward passes a block (pass ``logdet="unbiased"`` for large models).
+    ``"ffjord"`` is one continuous block (``transforms=1``) with the recipe's exact trace and
+    adaptive ``dopri5``: the guide samples and scores its draws in one forward solve.
     """
     width = max(32, 4 * latent_dim)
     name = name.lower()
+    if name == "ffjord":
+        return {"transforms": 1, "hidden": (width, width), **user_kwargs}
     if name in RESIDUAL_RECIPES:
         transforms = 8 if name in ("planar", "radial") else 3
         kwargs = {"transforms": transforms, "hidden": (width, width), **user_kwargs}

@@ -162,3 +162,143 @@ def test_too_many_steps_raise():
     cnf = moved(pf.Continuous(2, hidden=(8,), atol=1e-12, rtol=1e-12, max_steps=3))
     with pytest.raises(pf.ODESolveError, match="solver='dopri5' failed.*raise max_steps"):
         cnf.forward_and_log_det(points(3, 2))
+
+
+# --------------------------------------------------------------------------- flow matching
+
+
+class GaussianPathField(pf.Continuous):
+    """The exact marginal velocity of the straight paths from N(0, I) to N(m, s^2 I)."""
+
+    def __init__(self, m: float, s: float) -> None:
+        super().__init__(2, hidden=(4,))
+        self.m, self.s = m, s
+
+    def velocity(self, z, t, context=None):
+        t = torch.as_tensor(t, dtype=z.dtype).expand(z.shape[:-1]).unsqueeze(-1)
+        variance = (1 - t) ** 2 + t**2 * self.s**2
+        return self.m + (t * self.s**2 - (1 - t)) / variance * (z - t * self.m)
+
+
+def _gaussian_path_minimum(s: float) -> float:
+    """E|u - E[u | x_t]|^2 per dimension, averaged over t ~ U(0, 1) (midpoint rule)."""
+    t = (torch.arange(20000, dtype=torch.float64) + 0.5) / 20000
+    variance = (1 - t) ** 2 + t**2 * s**2
+    return float((1 + s**2 - (t * s**2 - (1 - t)) ** 2 / variance).mean())
+
+
+def test_flow_matching_loss_is_minimised_by_the_true_field():
+    m, s, n = 1.5, 0.5, 200_000
+    field = GaussianPathField(m, s)
+    flow = pf.Flow([field])
+    data = m + s * points(n, 2, seed=5)
+    losses = {}
+    for shift in (0.0, 0.1, -0.1):
+        field.m = m + shift  # a perturbed field, the same draws
+        torch.manual_seed(0)
+        losses[shift] = pf.flow_matching_loss(flow, data).item()
+    field.m = m
+    expected = 2 * _gaussian_path_minimum(s)  # two dimensions
+    assert abs(losses[0.0] - expected) < 0.02 * expected
+    assert losses[0.0] < losses[0.1] and losses[0.0] < losses[-0.1]
+
+
+def test_ot_coupling_pairs_by_an_optimal_assignment():
+    from pyroflows._continuous import ot_pairing
+
+    rng = torch.Generator().manual_seed(0)
+    noise, data = torch.randn(6, 2, generator=rng), torch.randn(6, 2, generator=rng)
+    order = ot_pairing(noise.numpy(), data.numpy())
+    best = min(
+        float(((noise[list(p)] - data) ** 2).sum())
+        for p in __import__("itertools").permutations(range(6))
+    )
+    assert abs(float(((noise[order] - data) ** 2).sum()) - best) < 1e-12
+    # the coupled loss is lower: straighter paths
+    flow = pf.FFJORD(2, hidden=(8,))
+    torch.manual_seed(1)
+    independent = pf.flow_matching_loss(flow, 2 + points(512, 2, seed=8)).item()
+    torch.manual_seed(1)
+    coupled = pf.flow_matching_loss(flow, 2 + points(512, 2, seed=8), coupling="ot").item()
+    assert coupled < independent
+
+
+def test_fit_by_flow_matching_and_by_likelihood():
+    data = torch.tensor([1.0, -0.5]) + 0.5 * points(600, 2, seed=6)
+    held_out = torch.tensor([1.0, -0.5]) + 0.5 * points(200, 2, seed=7)
+    results = {}
+    for objective, extra in (
+        ("flow_matching", {"coupling": "ot"}),
+        ("likelihood", {"kinetic": 0.1, "jacobian": 0.1}),
+    ):
+        flow = pf.FFJORD(2, hidden=(16,), solver="rk4", steps=6)
+        before = flow().log_prob(held_out).mean().item()
+        history = pf.fit(
+            flow,
+            data,
+            epochs=15,
+            batch_size=100,
+            lr=1e-2,
+            objective=objective,
+            patience=None,
+            progress=False,
+            **extra,
+        )
+        assert len(history["train"]) == len(history["validation"]) == 15
+        assert history["train"][-1] < history["train"][0]
+        assert ("nfe" in history) == (objective == "likelihood")
+        if objective == "likelihood":
+            assert history["nfe"] == [4 * 6] * 15
+        with torch.no_grad():
+            results[objective] = float(flow().log_prob(held_out).mean())
+        assert results[objective] > before + 0.3
+    # the exact density of N(m, 0.25 I) scores -log(2 pi 0.25) - 1 = -1.16
+    assert min(results.values()) > -1.7
+
+
+def test_fit_argument_errors():
+    with pytest.raises(ValueError, match="flow matching trains the vector field of one Continuous"):
+        pf.fit(pf.MAF(2), points(50, 2), objective="flow_matching", progress=False)
+    with pytest.raises(ValueError, match="this flow has none"):
+        pf.fit(pf.MAF(2), points(50, 2), kinetic=0.1, progress=False)
+    with pytest.raises(ValueError, match="solves no ODE"):
+        pf.fit(pf.FFJORD(2), points(50, 2), objective="flow_matching", jacobian=1.0, progress=False)
+    with pytest.raises(ValueError, match="maximum likelihood has no pairing"):
+        pf.fit(pf.FFJORD(2), points(50, 2), coupling="ot", progress=False)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        pf.fit(pf.FFJORD(2), points(50, 2), objective="score_matching", progress=False)
+    with pytest.raises(ValueError, match="coupling='ot' pairs draws with rows regardless"):
+        pf.flow_matching_loss(pf.FFJORD(2, 1), points(5, 2), points(5, 1), coupling="ot")
+    with pytest.raises(ValueError, match=r"context must have shape \(5, 1\)"):
+        pf.flow_matching_loss(pf.FFJORD(2, 1), points(5, 2))
+
+
+# --------------------------------------------------------------------------- AutoFlow
+
+
+def test_autoflow_ffjord_samples_and_scores_in_one_solve():
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI, Trace_ELBO
+
+    pyro.clear_param_store()
+    y = torch.tensor([1.0, 2.0, 1.5, 0.5])
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 2.0).to_event(1))
+        with pyro.plate("n", 4):
+            pyro.sample("y", dist.Normal(mu.sum(), 1.0), obs=y)
+
+    guide = pf.AutoFlow(model, flow="ffjord", hidden=(16,), solver="rk4", steps=4)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
+    svi.step()
+    (cnf,) = [m for m in guide.modules() if isinstance(m, pf.Continuous)]
+    solves = []
+    original = cnf.solve
+    cnf.solve = lambda *a, **k: solves.append(k.get("reverse", False)) or original(*a, **k)
+    losses = [svi.step() for _ in range(150)]
+    assert solves[:3] == [False, False, False]  # a forward solve per step, no inverse
+    assert len(solves) == 150
+    assert all(torch.isfinite(torch.tensor(losses)))
+    draws = guide.get_posterior().sample((2000,))
+    assert abs(float(draws.sum(-1).mean()) - 40 / 33) < 0.15

@@ -179,6 +179,9 @@ def test_recipe_kwargs_default_to_the_old_structure():
             assert kwargs["invert"] is True and "order" not in kwargs
             assert kwargs["transforms"] == (8 if name in ("planar", "radial") else 3)
             continue
+        if name == "ffjord":  # one continuous block, no orders
+            assert kwargs == {"transforms": 1, "hidden": (32, 32)}
+            continue
         assert kwargs["order"] == "alternate"
         assert kwargs.get("bound") == (3.0 if name in ("iaf", "maf", "realnvp") else None)
     assert _autoflow.recipe_kwargs("maf", 3, {"order": "random"})["order"] == "random"

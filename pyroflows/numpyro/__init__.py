@@ -11,7 +11,7 @@ Examples:
 
 from pyroflows.numpyro.amortized import AmortizedFlow, AmortizedIAF
 from pyroflows.numpyro.autoregressive import MaskedAutoregressive
-from pyroflows.numpyro.continuous import Continuous, ODESolveError
+from pyroflows.numpyro.continuous import Continuous, ODESolveError, flow_matching_loss
 from pyroflows.numpyro.core import Bijection, BijectionTransform, Chain, Invert
 from pyroflows.numpyro.coupling import Coupling
 from pyroflows.numpyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
@@ -93,6 +93,7 @@ __all__ = [
     "bits_per_dim",
     "dequantize",
     "fit",
+    "flow_matching_loss",
     "get_params",
     "importance_log_weights",
     "initialize_actnorm",

@@ -49,6 +49,7 @@ RECIPES: dict[str, Callable[..., Flow]] = {
     "radial": recipes.Radial,
     "sylvester": recipes.Sylvester,
     "residual": recipes.ResidualFlow,
+    "ffjord": recipes.FFJORD,
 }
 
 

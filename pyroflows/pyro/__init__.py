@@ -10,7 +10,7 @@ Examples:
 
 from pyroflows.pyro.amortized import AmortizedFlow, AmortizedIAF
 from pyroflows.pyro.autoregressive import MaskedAutoregressive
-from pyroflows.pyro.continuous import Continuous, ODESolveError
+from pyroflows.pyro.continuous import Continuous, ODESolveError, flow_matching_loss
 from pyroflows.pyro.core import Bijection, Chain, ConditionedBijection, Invert
 from pyroflows.pyro.coupling import Coupling
 from pyroflows.pyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
@@ -91,6 +91,7 @@ __all__ = [
     "bits_per_dim",
     "dequantize",
     "fit",
+    "flow_matching_loss",
     "get_params",
     "importance_log_weights",
     "psis_diagnostic",
