@@ -158,3 +158,96 @@ def test_option_errors():
         continuous(2, trace="hutchinson", probe="uniform")
     with pytest.raises(ValueError, match="needs a random key"):
         pfj.FFJORD(2)
+
+
+# --------------------------------------------------------------------------- flow matching
+
+
+class GaussianPathField(pfj.Continuous):
+    """The exact marginal velocity of the straight paths from N(0, I) to N(m, s^2 I)."""
+
+    m: float
+    s: float
+
+    def __init__(self, m: float, s: float) -> None:
+        super().__init__(2, hidden=(4,), key=jax.random.key(0))
+        self.m, self.s = m, s
+
+    def velocity(self, z, t, context=None):
+        t = jnp.broadcast_to(jnp.asarray(t, z.dtype), z.shape[:-1])[..., None]
+        variance = (1 - t) ** 2 + t**2 * self.s**2
+        return self.m + (t * self.s**2 - (1 - t)) / variance * (z - t * self.m)
+
+
+def test_flow_matching_loss_is_minimised_by_the_true_field():
+    m, s, n = 1.5, 0.5, 200_000
+    data = m + s * points(n, 2, seed=5)
+    losses = {
+        shift: float(
+            pfj.flow_matching_loss(
+                pfj.Flow([GaussianPathField(m + shift, s)]), data, key=jax.random.key(3)
+            )
+        )
+        for shift in (0.0, 0.1, -0.1)
+    }
+    t = (np.arange(20000) + 0.5) / 20000
+    variance = (1 - t) ** 2 + t**2 * s**2
+    expected = 2 * float(np.mean(1 + s**2 - (t * s**2 - (1 - t)) ** 2 / variance))
+    assert abs(losses[0.0] - expected) < 0.02 * expected
+    assert losses[0.0] < losses[0.1] and losses[0.0] < losses[-0.1]
+
+
+def test_fit_by_flow_matching_and_by_likelihood():
+    data = jnp.array([1.0, -0.5]) + 0.5 * points(600, 2, seed=6)
+    held_out = jnp.array([1.0, -0.5]) + 0.5 * points(200, 2, seed=7)
+    results = {}
+    for objective, extra in (
+        ("flow_matching", {"coupling": "ot"}),
+        ("likelihood", {"kinetic": 0.1, "jacobian": 0.1}),
+    ):
+        flow = pfj.FFJORD(2, hidden=(16,), solver="rk4", steps=6, key=jax.random.key(0))
+        before = float(flow().log_prob(held_out).mean())
+        flow, history = pfj.fit(
+            flow, data, epochs=15, batch_size=100, lr=1e-2, objective=objective,
+            patience=None, progress=False, **extra,
+        )  # fmt: skip
+        assert len(history["train"]) == len(history["validation"]) == 15
+        assert history["train"][-1] < history["train"][0]
+        assert ("nfe" in history) == (objective == "likelihood")
+        if objective == "likelihood":
+            assert history["nfe"] == [4 * 6] * 15
+        results[objective] = float(flow().log_prob(held_out).mean())
+        assert results[objective] > before + 0.3
+    assert min(results.values()) > -1.7  # the exact density scores -1.16
+
+
+def test_fit_argument_errors():
+    flow = pfj.FFJORD(2, 1, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="flow matching trains the vector field of one"):
+        pfj.fit(pfj.MAF(2, key=jax.random.key(0)), points(50, 2), objective="flow_matching")
+    with pytest.raises(ValueError, match="coupling='ot' pairs draws with rows regardless"):
+        pfj.flow_matching_loss(flow, points(5, 2), points(5, 1), key=jax.random.key(1),
+                               coupling="ot")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- AutoFlow
+
+
+def test_autoflow_ffjord_trains():
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import SVI, Trace_ELBO
+
+    y = jnp.array([1.0, 2.0, 1.5, 0.5])
+
+    def model():
+        mu = numpyro.sample("mu", dist.Normal(jnp.zeros(2), 2.0).to_event(1))
+        with numpyro.plate("n", 4):
+            numpyro.sample("y", dist.Normal(mu.sum(), 1.0), obs=y)
+
+    guide = pfj.AutoFlow(model, flow="ffjord", hidden=(16,), solver="rk4", steps=4)
+    svi = SVI(model, guide, numpyro.optim.Adam(0.02), Trace_ELBO())
+    result = svi.run(jax.random.key(0), 300, progress_bar=False)
+    assert np.isfinite(result.losses).all()
+    draws = guide.sample_posterior(jax.random.key(1), result.params, sample_shape=(2000,))
+    assert abs(float(draws["mu"].sum(-1).mean()) - 40 / 33) < 0.15
