@@ -45,7 +45,7 @@ def test_exact_log_det_is_the_log_det_of_the_solution_jacobian():
     cnf = moved(continuous(3, 2, (8,), solver="tsit5", atol=1e-10, rtol=1e-10))
     x, c = points(4, 3), points(4, 2, seed=2)
     y, log_det = cnf.forward_and_log_det(x, c)
-    jac = jax.vmap(jax.jacfwd(lambda v, ci: cnf.forward_and_log_det(v[None], ci[None])[0][0]))(x, c)
+    jac = jax.vmap(jax.jacrev(lambda v, ci: cnf.forward_and_log_det(v[None], ci[None])[0][0]))(x, c)
     np.testing.assert_allclose(np.linalg.slogdet(np.asarray(jac))[1], log_det, atol=1e-7)
     x_back, inverse_log_det = cnf.inverse_and_log_det(y, c)
     np.testing.assert_allclose(x_back, x, atol=1e-7)

@@ -13,7 +13,8 @@ assert on them; the same compiled probe also runs on the freshly built (near-ide
 and on the flow loaded back from disk. Random numbers come from ``jax.random`` keys, drawn
 once into a pool (a new shape would cost another compilation).
 
-Invariants: round trip; log_det against the ``jax.jacfwd`` Jacobian; inverse log_det equal to
+Invariants: round trip; log_det against the ``jax.jacfwd`` Jacobian (``jax.jacrev`` for the
+ODE solves, which are reverse mode only); inverse log_det equal to
 minus forward; batch shapes and context broadcasting; gradients reach every parameter;
 triangular Jacobian of autoregressive layers; one-pass log_prob equal to the two-pass and to
 NumPyro's value; sampling with intermediates; 1-D densities integrate to 1; save and load;
@@ -57,6 +58,7 @@ class Case:
     volume_preserving: bool = False
     recipe: bool = False
     inexact: float = 0.0  # ODE solves: the solver's error, added to the round-trip tolerances
+    reverse_jacobian: bool = False  # reverse mode only (diffrax's solves): jacrev, not jacfwd
 
     def __repr__(self) -> str:
         return self.id
@@ -225,6 +227,7 @@ BIJECTIONS += [
         3,
         2,
         inexact=1e-6,
+        reverse_jacobian=True,
     ),
 ]
 
@@ -257,6 +260,7 @@ for _name, _recipe, _kwargs in (
                 _ctx,
                 recipe=True,
                 inexact=1e-5 if _name == "FFJORD" else 0.0,
+                reverse_jacobian=_name == "FFJORD",
             )
         )
 
@@ -447,7 +451,14 @@ def _inputs(case: Case) -> dict:
 
 
 @eqx.filter_jit
-def _probe(flow: pfj.Flow, inputs: dict, key: jax.Array, sample: bool, autoregressive: bool):
+def _probe(
+    flow: pfj.Flow,
+    inputs: dict,
+    key: jax.Array,
+    sample: bool,
+    autoregressive: bool,
+    reverse: bool = False,
+):
     t = as_bijection(flow)
     features, n = flow.features, BATCH[-1]
     x, y, c = inputs["x"], inputs["y"], inputs["c"]
@@ -461,7 +472,8 @@ def _probe(flow: pfj.Flow, inputs: dict, key: jax.Array, sample: bool, autoregre
             out, log_det = step(v, ci)
             return out, (out, log_det)
 
-        return jax.jacfwd(value, has_aux=True)(p)  # (jacobian, (out, log_det))
+        jac = jax.jacrev if reverse else jax.jacfwd
+        return jac(value, has_aux=True)(p)  # (jacobian, (out, log_det))
 
     jac, (y_one, ld_one) = jax.vmap(lambda p, ci: jacobian(t.forward_and_log_det, p, ci))(
         flat_x, flat_c
@@ -527,6 +539,7 @@ def probe(case: Case, flow: pfj.Flow | None = None) -> dict:
         jax.random.key(7),
         case in SAMPLED,
         case in AUTOREGRESSIVE and not case.recipe,
+        case.reverse_jacobian,
     )
     result = jax.tree_util.tree_map(np.asarray, result)
     if flow is None:
