@@ -79,6 +79,21 @@ def _maf(m, **kw):
     return m.MAF(3, transforms=1, hidden=(4,), **kw)
 
 
+def _stiff(m, **kw):
+    """An FFJORD with a moved field whose adaptive solve may take only two steps."""
+    flow = m.FFJORD(2, hidden=(8,), atol=1e-12, rtol=1e-12, max_steps=2, **kw)
+    if m is pf:
+        with torch.no_grad():
+            for p in flow.parameters():
+                p.fill_(0.5)
+        return flow
+    import equinox as eqx
+
+    return jax.tree_util.tree_map(
+        lambda leaf: jnp.full_like(leaf, 0.5) if eqx.is_inexact_array(leaf) else leaf, flow
+    )
+
+
 def _unconverged(m):
     """A planar layer moved off the identity whose solve gets one iteration."""
     if m is pf:
@@ -167,6 +182,63 @@ T = {
     "sylvester-columns": {
         TORCH: lambda _: pf.SylvesterLayer(3, columns=4),
         JAX: lambda _: pfj.Sylvester(2, columns=3, key=KEY),
+    },
+    "ode-steps": {
+        TORCH: lambda _: pf.FFJORD(2, solver="rk4"),
+        JAX: lambda _: pfj.Continuous(2, solver="euler", key=KEY),
+    },
+    "ode-steps-adaptive": {
+        TORCH: lambda _: pf.Continuous(2, steps=4),
+        JAX: lambda _: pfj.FFJORD(2, solver="tsit5", steps=4, key=KEY),
+    },
+    "ode-trace": {
+        TORCH: lambda _: pf.FFJORD(2, trace="skilling"),
+        JAX: lambda _: pfj.Continuous(2, trace="stochastic", key=KEY),
+    },
+    "ode-solver": {
+        TORCH: lambda _: pf.Continuous(2, solver="rk45"),
+        JAX: lambda _: pfj.FFJORD(2, solver="heun", key=KEY),
+    },
+    "ode-tsit5": {TORCH: lambda _: pf.FFJORD(2, solver="tsit5")},
+    "ode-solve": {
+        TORCH: (lambda _: _stiff(pf)().log_prob(torch.zeros(3, 2)), pf.ODESolveError),
+        JAX: (lambda _: _stiff(pfj, key=KEY)().log_prob(jnp.zeros((3, 2))), pfj.ODESolveError),
+    },
+    "fit-objective": {
+        TORCH: lambda _: pf.fit(pf.FFJORD(2), torch.zeros(8, 2), objective="mle"),
+        JAX: lambda _: pfj.fit(pfj.FFJORD(2, key=KEY), jnp.zeros((8, 2)), objective="fm"),
+    },
+    "fit-coupling": {
+        TORCH: lambda _: pf.fit(pf.FFJORD(2), torch.zeros(8, 2), coupling="ot"),
+        JAX: lambda _: pfj.fit(pfj.FFJORD(2, key=KEY), jnp.zeros((8, 2)), coupling="ot"),
+    },
+    "fit-regularizer": {
+        TORCH: lambda _: pf.fit(_maf(pf), torch.zeros(8, 3), kinetic=0.1),
+        JAX: lambda _: pfj.fit(_maf(pfj, key=KEY), jnp.zeros((8, 3)), jacobian=0.1),
+    },
+    "fit-regularizer-matching": {
+        TORCH: lambda _: pf.fit(
+            pf.FFJORD(2), torch.zeros(8, 2), objective="flow_matching", kinetic=1.0
+        ),
+        JAX: lambda _: pfj.fit(
+            pfj.FFJORD(2, key=KEY), jnp.zeros((8, 2)), objective="flow_matching", jacobian=1.0
+        ),
+    },
+    "flow-matching-flow": {
+        TORCH: lambda _: pf.flow_matching_loss(pf.FFJORD(2, transforms=2), torch.zeros(8, 2)),
+        JAX: lambda _: pfj.fit(_maf(pfj, key=KEY), jnp.zeros((8, 3)), objective="flow_matching"),
+    },
+    "flow-matching-ot-context": {
+        TORCH: lambda _: pf.flow_matching_loss(
+            pf.FFJORD(2, 1), torch.zeros(8, 2), torch.zeros(8, 1), coupling="ot"
+        ),
+        JAX: lambda _: pfj.flow_matching_loss(
+            pfj.FFJORD(2, 1, key=KEY),
+            jnp.zeros((8, 2)),
+            jnp.zeros((8, 1)),
+            key=KEY,
+            coupling="ot",
+        ),
     },
     "amortized-flow": {
         TORCH: lambda _: pf.AmortizedFlow(3, 2, "maf"),

@@ -40,6 +40,7 @@ from jax import Array
 from numpyro.distributions import Distribution
 
 from pyroflows import _checks, structure
+from pyroflows._continuous import MAX_STEPS
 from pyroflows.numpyro.autoregressive import MaskedAutoregressive
 from pyroflows.numpyro.continuous import Continuous
 from pyroflows.numpyro.coupling import Coupling
@@ -369,6 +370,7 @@ def FFJORD(  # noqa: N802
     adjoint: bool = False,
     t1: float = 1.0,
     activation: str = "tanh",
+    max_steps: int = MAX_STEPS,
     base: Distribution | None = None,
     key: Array | None = None,
 ) -> Flow:
@@ -397,8 +399,9 @@ def FFJORD(  # noqa: N802
             adjoint=adjoint,
             t1=t1,
             activation=activation,
+            max_steps=max_steps,
             key=k,
-        )  # fmt: skip
+        )
         for k in jax.random.split(key, _check_transforms(transforms))
     ]
     return Flow(layers, base)

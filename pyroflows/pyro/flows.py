@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from torch.distributions import Distribution
 
 from pyroflows import _checks, structure
+from pyroflows._continuous import MAX_STEPS
 from pyroflows.pyro.autoregressive import MaskedAutoregressive
 from pyroflows.pyro.continuous import Continuous
 from pyroflows.pyro.coupling import Coupling
@@ -360,6 +361,7 @@ def FFJORD(  # noqa: N802
     adjoint: bool = False,
     t1: float = 1.0,
     activation: str = "tanh",
+    max_steps: int = MAX_STEPS,
     base: Distribution | None = None,
 ) -> Flow:
     """FFJORD (Grathwohl et al., 2019): ``transforms`` continuous normalizing flows in a row.
@@ -386,6 +388,7 @@ def FFJORD(  # noqa: N802
         adjoint: Gradients by the adjoint method.
         t1: End time of each block.
         activation: Activation of the vector fields.
+        max_steps: Most steps of an adaptive solve.
         base: Base distribution (default standard normal).
 
     Examples:
@@ -409,7 +412,8 @@ def FFJORD(  # noqa: N802
             adjoint=adjoint,
             t1=t1,
             activation=activation,
-        )  # fmt: skip
+            max_steps=max_steps,
+        )
         for _ in range(_check_transforms(transforms))
     ]
     return Flow(layers, base)
