@@ -94,7 +94,7 @@ QUICK = Config(transforms=2, hidden=(16,), bins=4, epochs=1, eval_draws=2, sampl
 RESIDUAL = {"transforms": 8, "hidden": (256, 256)}
 # --model ffjord: one continuous block, trained by flow matching (cheap steps, many epochs),
 # validated through the ODE (Hutchinson trace) every 20 epochs, tested with the exact trace
-FFJORD = {"transforms": 1, "hidden": (512, 512), "epochs": 400, "lr": 1e-3, "validate_every": 20}
+FFJORD = {"transforms": 1, "hidden": (512, 512), "epochs": 1500, "lr": 1e-3, "validate_every": 20}
 FFJORD_TOL = 1e-5
 
 

@@ -199,7 +199,7 @@ T = {
         TORCH: lambda _: pf.Continuous(2, solver="rk45"),
         JAX: lambda _: pfj.FFJORD(2, solver="heun", key=KEY),
     },
-    "ode-tsit5": {TORCH: lambda _: pf.FFJORD(2, solver="tsit5")},
+    "ode-tsit5": {TORCH: lambda _: pf.FFJORD(2, solver="tsit5", adjoint=True)},
     "ode-solve": {
         TORCH: (lambda _: _stiff(pf)().log_prob(torch.zeros(3, 2)), pf.ODESolveError),
         JAX: (lambda _: _stiff(pfj, key=KEY)().log_prob(jnp.zeros((3, 2))), pfj.ODESolveError),

@@ -94,8 +94,8 @@ class ContinuousSolve(NamedTuple):
 class Continuous(Bijection):
     """Continuous normalizing flow: the flow of the ODE ``dz/dt = f(z, t[, context])``.
 
-    Arguments as in `pyroflows.pyro.Continuous` (``solver`` also takes ``"tsit5"`` here),
-    plus ``key`` (keyword only; it initialises the vector field and seeds the Hutchinson
+    Arguments as in `pyroflows.pyro.Continuous` (``"tsit5"`` also with ``adjoint=True``
+    here), plus ``key`` (keyword only; it initialises the vector field and seeds the Hutchinson
     probes, see `pyroflows.numpyro.with_key`).
 
     Examples:

@@ -375,7 +375,7 @@ def FFJORD(  # noqa: N802
     key: Array | None = None,
 ) -> Flow:
     """FFJORD: ``transforms`` continuous normalizing flows in a row, solved with diffrax (as
-    `pyroflows.pyro.FFJORD`; ``solver`` also takes ``"tsit5"``; ``key`` keyword only).
+    `pyroflows.pyro.FFJORD`; ``key`` keyword only).
 
     Examples:
         >>> import jax, jax.numpy as jnp

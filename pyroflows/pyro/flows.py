@@ -381,7 +381,7 @@ def FFJORD(  # noqa: N802
         hidden: Hidden widths of each vector field.
         trace: ``"exact"`` or ``"hutchinson"``.
         probe: Hutchinson probes, ``"gaussian"`` or ``"rademacher"``.
-        solver: ``"dopri5"`` (adaptive), ``"rk4"`` or ``"euler"`` (fixed-step).
+        solver: ``"dopri5"`` or ``"tsit5"`` (adaptive), ``"rk4"`` or ``"euler"`` (fixed-step).
         steps: Steps of a fixed-step solver.
         atol: Absolute tolerance of an adaptive solver.
         rtol: Relative tolerance of an adaptive solver.
