@@ -208,14 +208,14 @@ def test_fit_by_flow_matching_and_by_likelihood():
         flow = pfj.FFJORD(2, hidden=(16,), solver="rk4", steps=6, key=jax.random.key(0))
         before = float(flow().log_prob(held_out).mean())
         flow, history = pfj.fit(
-            flow, data, epochs=15, batch_size=100, lr=1e-2, objective=objective,
+            flow, data, epochs=10, batch_size=100, lr=1e-2, objective=objective,
             patience=None, progress=False, **extra,
         )  # fmt: skip
-        assert len(history["train"]) == len(history["validation"]) == 15
+        assert len(history["train"]) == len(history["validation"]) == 10
         assert history["train"][-1] < history["train"][0]
         assert ("nfe" in history) == (objective == "likelihood")
         if objective == "likelihood":
-            assert history["nfe"] == [4 * 6] * 15
+            assert history["nfe"] == [4 * 6] * 10
         results[objective] = float(flow().log_prob(held_out).mean())
         assert results[objective] > before + 0.3
     assert min(results.values()) > -1.7  # the exact density scores -1.16
@@ -247,7 +247,7 @@ def test_autoflow_ffjord_trains():
 
     guide = pfj.AutoFlow(model, flow="ffjord", hidden=(16,), solver="rk4", steps=4)
     svi = SVI(model, guide, numpyro.optim.Adam(0.02), Trace_ELBO())
-    result = svi.run(jax.random.key(0), 300, progress_bar=False)
+    result = svi.run(jax.random.key(0), 200, progress_bar=False)
     assert np.isfinite(result.losses).all()
     draws = guide.sample_posterior(jax.random.key(1), result.params, sample_shape=(2000,))
     assert abs(float(draws["mu"].sum(-1).mean()) - 40 / 33) < 0.15

@@ -26,7 +26,6 @@ SCRIPTS = [
     ("two_moons.py", "two_moons.png", "torch", ()),
     ("two_moons.py", "two_moons_residual.png", "torch", ("--model", "residual")),
     ("two_moons.py", "two_moons_ffjord-fm.png", "torch", ("--model", "ffjord-fm")),
-    ("digits.py", "digits.png", "torch", ("--model", "ffjord")),
     ("digits_numpyro.py", "digits_numpyro.png", "numpyro", ()),
     ("two_moons_numpyro.py", "two_moons_numpyro.png", "numpyro", ()),
 ]

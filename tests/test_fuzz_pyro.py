@@ -345,8 +345,9 @@ def _check_gradients(t, x, context) -> None:
 
 
 # every case, the residual blocks included: their fixed-point inverse stops at 64 eps of the
-# row's scale, inside the round trip's bound
-FUZZED = ALL
+# row's scale, inside the round trip's bound. The continuous family by its bijection case
+# (Continuous-rk4-ctx2): the FFJORD recipes are chains of the same layer.
+FUZZED = [c for c in ALL if not c.id.startswith("FFJORD")]
 
 
 @pytest.mark.parametrize("case", FUZZED, ids=[c.id for c in FUZZED])

@@ -79,6 +79,16 @@ class _RK38(diffrax.AbstractERK):
 _SOLVERS = {"dopri5": diffrax.Dopri5, "tsit5": diffrax.Tsit5, "rk4": _RK38, "euler": diffrax.Euler}
 
 
+def _vector_field(t, state, args):
+    module, c, probe, regularize = args
+    return module.derivative(t, state, c, probe, regularize)
+
+
+# One term for every solve: the bijection travels in ``args``, so diffrax's compiled solve
+# is reused by later calls of the same structure (a closure per call would recompile).
+_TERM = diffrax.ODETerm(_vector_field)
+
+
 class ContinuousSolve(NamedTuple):
     """What `Continuous.solve` returns: the end state, the log-det of the map, the number
     of evaluations of the vector field, and the RNODE integrals per row (zeros unless
@@ -149,35 +159,34 @@ class Continuous(Bijection):
             parts.append(jnp.broadcast_to(context, (*z.shape[:-1], context.shape[-1])))
         return self.field(jnp.concatenate(parts, axis=-1))
 
-    def _dynamics(self, c: Array | None, probe: Array | None, regularize: bool):
-        d, exact = self.features, self.options.trace == "exact"
+    def derivative(self, t, state: Array, c: Array | None, probe: Array | None,
+                   regularize: bool) -> Array:  # fmt: skip
+        """The time derivative of the solve's state ``[z, log_det(, kinetic, jacobian)]``
+        (rows ``(n, ...)``)."""
+        d = self.features
+        z = state[:, :d]
+        if self.options.trace == "exact":
 
-        def f(t, state, args):
-            z = state[:, :d]
-            if exact:
+            def row(zi, ci):
+                return self.velocity(zi, t, ci)
 
-                def row(zi, ci):
-                    return self.velocity(zi, t, ci)
-
-                dz = self.velocity(z, t, c)
-                jac = (
-                    jax.vmap(jax.jacfwd(row))(z, c)
-                    if c is not None
-                    else jax.vmap(jax.jacfwd(lambda zi: row(zi, None)))(z)
-                )
-                trace = jnp.trace(jac, axis1=-2, axis2=-1)
-                frobenius = jnp.sum(jac * jac, axis=(-2, -1)) if regularize else None
-            else:
-                dz, vjp = jax.vjp(lambda v: self.velocity(v, t, c), z)
-                (back,) = vjp(probe)
-                trace = jnp.sum(back * probe, axis=-1)
-                frobenius = jnp.sum(back * back, axis=-1) if regularize else None
-            parts = [dz, trace[:, None]]
-            if regularize:
-                parts += [jnp.sum(dz * dz, axis=-1, keepdims=True), frobenius[:, None]]
-            return jnp.concatenate(parts, axis=-1)
-
-        return f
+            dz = self.velocity(z, t, c)
+            jac = (
+                jax.vmap(jax.jacfwd(row))(z, c)
+                if c is not None
+                else jax.vmap(jax.jacfwd(lambda zi: row(zi, None)))(z)
+            )
+            trace = jnp.trace(jac, axis1=-2, axis2=-1)
+            frobenius = jnp.sum(jac * jac, axis=(-2, -1)) if regularize else None
+        else:
+            dz, vjp = jax.vjp(lambda v: self.velocity(v, t, c), z)
+            (back,) = vjp(probe)
+            trace = jnp.sum(back * probe, axis=-1)
+            frobenius = jnp.sum(back * back, axis=-1) if regularize else None
+        parts = [dz, trace[:, None]]
+        if regularize:
+            parts += [jnp.sum(dz * dz, axis=-1, keepdims=True), frobenius[:, None]]
+        return jnp.concatenate(parts, axis=-1)
 
     def _probe(self, like: Array) -> Array:
         key = jax.random.wrap_key_data(self.key)
@@ -227,7 +236,7 @@ class Continuous(Bijection):
         keep_all = o.fixed and not o.adjoint
         adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=o.steps if keep_all else None)
         solution = diffrax.diffeqsolve(
-            diffrax.ODETerm(self._dynamics(c, probe, regularize)),
+            _TERM,
             _SOLVERS[o.solver](),
             t0=jnp.asarray(t0, z.dtype),
             t1=jnp.asarray(t1, z.dtype),
@@ -236,6 +245,7 @@ class Continuous(Bijection):
             stepsize_controller=controller,
             adjoint=adjoint,
             max_steps=max_steps,
+            args=(self, c, probe, regularize),
             throw=False,
         )
         end = self._check(solution, solution.ys[-1])
