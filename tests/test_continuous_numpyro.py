@@ -219,7 +219,7 @@ def test_autoflow_ffjord_trains():
         with numpyro.plate("n", 4):
             numpyro.sample("y", dist.Normal(mu.sum(), 1.0), obs=y)
 
-    guide = pfj.AutoFlow(model, flow="ffjord", hidden=(16,), solver="rk4", steps=4)
+    guide = pfj.AutoFlow(model, flow="ffjord", hidden=(8,), solver="rk4", steps=3)
     svi = SVI(model, guide, numpyro.optim.Adam(0.02), Trace_ELBO())
     result = svi.run(jax.random.key(0), 200, progress_bar=False)
     assert np.isfinite(result.losses).all()
