@@ -23,7 +23,7 @@ os.environ.setdefault("XLA_FLAGS", " ".join(_XLA_TEST_FLAGS))
 # suite's time budget); HYPOTHESIS_PROFILE=fuzz searches deeply (run it before a release).
 settings.register_profile(
     "ci",
-    max_examples=int(os.environ.get("PYROFLOWS_FUZZ_EXAMPLES", "6")),
+    max_examples=int(os.environ.get("PYROFLOWS_FUZZ_EXAMPLES", "4")),
     derandomize=True,
     deadline=None,
     print_blob=True,
