@@ -29,20 +29,12 @@ SCRIPTS = [
     ("digits_numpyro.py", "digits_numpyro.png", "numpyro", ()),
     ("two_moons_numpyro.py", "two_moons_numpyro.png", "numpyro", ()),
 ]
-# the NumPyro runs (compile-bound) are collected by tests/test_examples_numpyro.py, so that
-# the two pytest-xdist workers can run them next to the torch ones
-TORCH_SCRIPTS = [s for s in SCRIPTS if s[2] == "torch"]
 
 
-@pytest.mark.parametrize(("script", "figure", "backend", "extra"), TORCH_SCRIPTS)
+@pytest.mark.parametrize(("script", "figure", "backend", "extra"), SCRIPTS)
 def test_example_quick_run(
     script: str, figure: str, backend: str, extra: tuple[str, ...], tmp_path: Path
 ) -> None:
-    run_quick(script, figure, backend, extra, tmp_path)
-
-
-def run_quick(script: str, figure: str, backend: str, extra: tuple[str, ...], tmp_path: Path):
-    """Run ``script --quick`` in a subprocess; check its exit code, figure and table."""
     pytest.importorskip(backend)
     out = tmp_path / "outputs"
     # One thread: a smoke run gains nothing from more, and it keeps the run fast when
@@ -79,18 +71,10 @@ INFERENCE_SCRIPTS = [
 ]
 
 
-TORCH_INFERENCE_SCRIPTS = [s for s in INFERENCE_SCRIPTS if s[1] == "torch"]
-
-
-@pytest.mark.parametrize(("script", "backend", "marker", "extra"), TORCH_INFERENCE_SCRIPTS)
+@pytest.mark.parametrize(("script", "backend", "marker", "extra"), INFERENCE_SCRIPTS)
 def test_inference_example_quick_run(
     script: str, backend: str, marker: str, extra: tuple[str, ...], tmp_path: Path
 ):
-    run_inference(script, backend, marker, extra, tmp_path)
-
-
-def run_inference(script: str, backend: str, marker: str, extra: tuple[str, ...], tmp_path):
-    """Run an inference example with ``--quick``; check its exit code and its table."""
     pytest.importorskip(backend)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     result = subprocess.run(
