@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_regressions_numpyro import _perturb
 
 import pyroflows.numpyro as pfj
 from pyroflows._continuous import STAGES
@@ -22,15 +23,8 @@ TIGHT = {"solver": "dopri5", "atol": 1e-10, "rtol": 1e-10}
 
 
 def moved(module, scale: float = 0.4, seed: int = 0):
-    leaves, tree = jax.tree_util.tree_flatten(module)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    leaves = [
-        leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype)
-        if eqx.is_inexact_array(leaf)
-        else leaf
-        for leaf, k in zip(leaves, keys, strict=True)
-    ]
-    return jax.tree_util.tree_unflatten(tree, leaves)
+    """``module`` with every inexact array moved by N(0, scale^2) noise."""
+    return _perturb(module, scale, seed)
 
 
 def points(*shape: int, seed: int = 1):
