@@ -285,7 +285,7 @@ def _guide_and_params(stl, **kwargs):
 
 
 @pytest.mark.parametrize(("flow", "base"), [("iaf", "normal"), ("nsf", "laplace")])
-def test_stl_gives_the_value_and_the_path_gradient(flow, base, jax_x64, jax_fast_compile):
+def test_stl_gives_the_value_and_the_path_gradient(flow, base, jax_x64):
     """``stl=True``: the same log q of the guide's draws, and as gradient exactly that of
     log q under frozen weights at x(weights), computed here by the flow's inverse."""
     guide, params = _guide_and_params(True, flow=flow, base=base)
@@ -315,7 +315,7 @@ def test_stl_gives_the_value_and_the_path_gradient(flow, base, jax_x64, jax_fast
         np.testing.assert_allclose(g, w, rtol=1e-8, atol=1e-10)
 
 
-def test_stl_gradient_vanishes_at_the_exact_posterior(jax_x64, jax_fast_compile):
+def test_stl_gradient_vanishes_at_the_exact_posterior(jax_x64):
     """At the exact posterior (Laplace warm start of a Gaussian model, flow at the identity)
     every draw's path gradient is zero, while the usual estimator's is noise."""
     norms = {}
@@ -331,7 +331,7 @@ def test_stl_gradient_vanishes_at_the_exact_posterior(jax_x64, jax_fast_compile)
     assert norms[False] > 1e-2, norms
 
 
-def test_stl_trains_without_the_sequential_inverse(monkeypatch, jax_fast_compile):
+def test_stl_trains_without_the_sequential_inverse(monkeypatch):
     (x, y), _, _ = regression_data()
     guide = AutoFlow(regression, flow="iaf", transforms=2, warmup="map", stl=True)
 

@@ -17,7 +17,7 @@ from numpyro.infer import SVI, Trace_ELBO
 import pyroflows.numpyro as pfj
 import pyroflows.pyro as pf
 
-pytestmark = pytest.mark.usefixtures("float64", "jax_x64", "jax_fast_compile")
+pytestmark = pytest.mark.usefixtures("float64", "jax_x64")
 
 BASES = [{}, {"base": "laplace"}, {"base_df": 5.0}]
 

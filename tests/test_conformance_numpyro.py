@@ -25,7 +25,7 @@ from test_invariants_numpyro import ALL, build, context_points, data_points
 
 import pyroflows.numpyro as pfj
 
-pytestmark = pytest.mark.usefixtures("jax_x64", "jax_fast_compile")
+pytestmark = pytest.mark.usefixtures("jax_x64")
 
 KEY = jax.random.key(7)
 CASES = [

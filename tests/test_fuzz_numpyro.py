@@ -33,7 +33,7 @@ from test_parity import ALL, Case, build_torch
 import pyroflows.numpyro as pfj
 import pyroflows.pyro as pf
 
-pytestmark = pytest.mark.usefixtures("float64", "jax_fast_compile")
+pytestmark = pytest.mark.usefixtures("float64")
 
 # one case per kind of bijection and recipe (the parity suite holds a few more variants)
 CASES = [

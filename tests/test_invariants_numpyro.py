@@ -40,7 +40,7 @@ import pyroflows.numpyro as pfj
 from pyroflows import structure
 from pyroflows.numpyro import core
 
-pytestmark = pytest.mark.usefixtures("jax_x64", "jax_fast_compile")
+pytestmark = pytest.mark.usefixtures("jax_x64")
 
 # --------------------------------------------------------------------------- the cases
 

@@ -474,7 +474,7 @@ def test_custom_base_samples_and_scores(name):
     assert samples.shape == (2000, 2)
     assert bool(jnp.isfinite(scored).all())
     np.testing.assert_allclose(scored, afresh, atol=1e-3, rtol=1e-5)
-    np.testing.assert_allclose(z, base_draws, atol=1e-6)
+    np.testing.assert_allclose(z, base_draws, atol=1e-6, rtol=1e-6)
 
 
 def test_logistic_base_is_the_logistic_density(x64):

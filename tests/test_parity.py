@@ -31,7 +31,7 @@ import torch
 import pyroflows.numpyro as pfj
 import pyroflows.pyro as pf
 
-pytestmark = pytest.mark.usefixtures("float64", "jax_x64", "jax_fast_compile")
+pytestmark = pytest.mark.usefixtures("float64", "jax_x64")
 
 TOL = 1e-8
 

@@ -30,8 +30,6 @@ import pyroflows.pyro as pf
 from pyroflows import _autoflow, structure
 from pyroflows.numpyro.core import Stack
 
-pytestmark = pytest.mark.usefixtures("jax_fast_compile")
-
 AUTOREGRESSIVE = [("MAF", {}), ("IAF", {}), ("NSF", {})]
 COUPLING = [("RealNVP", {}), ("NICE", {}), ("NSF", {"mode": "coupling"})]
 # One event size and width everywhere: JAX compiles its eager ops once per shape, so the

@@ -184,9 +184,7 @@ def _jax_tiny():
     return pfj.Flow([pfj.ActNorm(2), pfj.Scale(2)])
 
 
-def test_jax_resumed_runs_end_as_the_uninterrupted_run(
-    jax_x64, jax_fast_compile, tmp_path, monkeypatch
-):
+def test_jax_resumed_runs_end_as_the_uninterrupted_run(jax_x64, tmp_path, monkeypatch):
     data = _data()
     trained, full = pfj.fit(
         _jax_flow(), data, epochs=EPOCHS, checkpoint=tmp_path / "full.npz", every=2, **KWARGS
@@ -231,9 +229,7 @@ def test_jax_resumed_runs_end_as_the_uninterrupted_run(
     assert _leftovers(tmp_path) == []
 
 
-def test_jax_checkpoint_write_is_atomic_and_mismatches_are_refused(
-    jax_x64, jax_fast_compile, tmp_path, monkeypatch
-):
+def test_jax_checkpoint_write_is_atomic_and_mismatches_are_refused(jax_x64, tmp_path, monkeypatch):
     data = _data()
     path = tmp_path / "atomic.npz"
 
