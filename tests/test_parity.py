@@ -75,10 +75,9 @@ for _ctx in (0, 2):
         ("Sylvester-triangular", "Sylvester", {"kind": "triangular"}),
         ("FFJORD-rk4", "FFJORD", {"solver": "rk4", "steps": 6}),
     ):
-        if _id == "FFJORD-rk4" and not _ctx:
-            continue  # FFJORD-euler-elu below is the unconditional continuous case
         RECIPES.append(Case(f"{_id}-ctx{_ctx}", _recipe(_name, 3, _ctx, **_kwargs), 3, _ctx))
 RECIPES += [
+    # the other fixed-step solver and activation, unconditional
     Case("FFJORD-euler-elu", _recipe("FFJORD", 2, 0, solver="euler", steps=9, activation="elu"), 2),
     Case("NSF-autoregressive-bins3-bound5", _recipe("NSF", 4, 0, bins=3, bound=5.0), 4),
     Case(
