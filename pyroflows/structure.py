@@ -38,6 +38,9 @@ __all__ = [
     "paired_random_mask",
     "recipe_orders",
     "recipe_masks",
+    "check_image_shape",
+    "checkerboard_mask",
+    "channel_mask",
 ]
 
 #: Layer structures of the recipes (their ``order=`` argument): ``"random"`` (seeded random
@@ -310,3 +313,55 @@ def recipe_masks(features: int, transforms: int, order: str = "random") -> list[
     if _check_order(order) == "random":
         return [paired_random_mask(features, i) for i in range(transforms)]
     return [alternating_mask(features, i % 2) for i in range(transforms)]
+
+
+# ------------------------------------------------------------------------------ images
+
+
+def check_image_shape(shape: Sequence[int], name: str = "shape") -> tuple[int, int, int]:
+    """``shape`` as a ``(C, H, W)`` tuple of positive ints; ``ValueError`` naming ``name``."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ValueError(f"{name} must be a (C, H, W) tuple, got {shape!r}") from None
+    if len(dims) != 3 or not all(
+        isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 1 for d in dims
+    ):
+        raise ValueError(f"{name} must be a (C, H, W) tuple of positive ints, got {shape!r}")
+    return int(dims[0]), int(dims[1]), int(dims[2])
+
+
+def checkerboard_mask(shape: Sequence[int], parity: int = 0) -> np.ndarray:
+    """Boolean ``(C, H, W)`` checkerboard: ``True`` (pass through) where ``(h + w) % 2`` is
+    ``parity``, the same pattern in every channel (RealNVP's spatial mask).
+
+    Examples:
+        >>> checkerboard_mask((1, 2, 2))[0]
+        array([[ True, False],
+               [False,  True]])
+    """
+    channels, height, width = check_image_shape(shape)
+    if parity not in (0, 1):
+        raise ValueError(f"parity must be 0 or 1, got {parity!r}")
+    if height * width < 2:
+        raise ValueError(f"a checkerboard mask needs H * W >= 2, got shape {tuple(shape)}")
+    grid = (np.arange(height)[:, None] + np.arange(width)[None, :]) % 2 == parity
+    return np.broadcast_to(grid, (channels, height, width)).copy()
+
+
+def channel_mask(shape: Sequence[int], parity: int = 0) -> np.ndarray:
+    """Boolean ``(C, H, W)`` channel mask: the first ``C // 2`` channels pass through
+    (``parity`` 0) or the other ones (``parity`` 1). Needs ``C >= 2``.
+
+    Examples:
+        >>> channel_mask((2, 1, 1)).ravel()
+        array([ True, False])
+    """
+    channels, height, width = check_image_shape(shape)
+    if parity not in (0, 1):
+        raise ValueError(f"parity must be 0 or 1, got {parity!r}")
+    if channels < 2:
+        raise ValueError(f"a channel mask needs C >= 2 channels, got shape {tuple(shape)}")
+    first = np.arange(channels) < channels // 2
+    keep = first if parity == 0 else ~first
+    return np.broadcast_to(keep[:, None, None], (channels, height, width)).copy()

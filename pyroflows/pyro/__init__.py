@@ -12,7 +12,7 @@ from pyroflows.pyro.amortized import AmortizedFlow, AmortizedIAF
 from pyroflows.pyro.autoregressive import MaskedAutoregressive
 from pyroflows.pyro.continuous import Continuous, ODESolveError, flow_matching_loss
 from pyroflows.pyro.core import Bijection, Chain, ConditionedBijection, Invert
-from pyroflows.pyro.coupling import Coupling
+from pyroflows.pyro.coupling import Coupling, ImageCoupling
 from pyroflows.pyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
 from pyroflows.pyro.distributions import Flow, FlowDistribution
 from pyroflows.pyro.flows import (
@@ -21,15 +21,16 @@ from pyroflows.pyro.flows import (
     MAF,
     NICE,
     NSF,
+    Glow,
     Planar,
     Radial,
     RealNVP,
     ResidualFlow,
     Sylvester,
 )
-from pyroflows.pyro.image import Logit, bits_per_dim, dequantize
+from pyroflows.pyro.image import FactorOut, Logit, Squeeze, bits_per_dim, dequantize, multi_scale
 from pyroflows.pyro.infer import AutoFlow
-from pyroflows.pyro.linear import ActNorm, LULinear, Permute, Reverse, Scale
+from pyroflows.pyro.linear import ActNorm, Conv1x1, LULinear, Permute, Reverse, Scale
 from pyroflows.pyro.nn import MADE, MLP
 from pyroflows.pyro.params import get_params, set_params
 from pyroflows.pyro.residual import (
@@ -59,11 +60,15 @@ __all__ = [
     "ConditionedBijection",
     "ConvergenceError",
     "Continuous",
+    "Conv1x1",
     "Coupling",
+    "FactorOut",
     "Flow",
     "FlowDistribution",
     "FFJORD",
+    "Glow",
     "IAF",
+    "ImageCoupling",
     "Invert",
     "LULinear",
     "Logit",
@@ -86,6 +91,7 @@ __all__ = [
     "Sylvester",
     "Reverse",
     "Scale",
+    "Squeeze",
     "SplineTransformer",
     "Transformer",
     "bits_per_dim",
@@ -94,6 +100,7 @@ __all__ = [
     "flow_matching_loss",
     "get_params",
     "importance_log_weights",
+    "multi_scale",
     "psis_diagnostic",
     "set_params",
     "to_inference_data",

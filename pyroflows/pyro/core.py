@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -58,6 +58,34 @@ def check_event(name: str, value: Tensor, features: int) -> Tensor:
     if not value.is_floating_point():
         raise ValueError(f"{name} must be a floating point tensor, got dtype {value.dtype}")
     return value
+
+
+def check_event_shape(name: str, value: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` has shape ``(..., *shape)``
+    (`check_event` for vectors, where ``shape`` is ``(features,)``)."""
+    if len(shape) == 1:
+        return check_event(name, value, shape[0])
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    dims = ", ".join(map(str, shape))
+    if value.dim() < len(shape) or tuple(value.shape[value.dim() - len(shape) :]) != shape:
+        raise ValueError(
+            f"{name} must have shape (..., {dims}) (event shape {shape}), "
+            f"got shape {tuple(value.shape)}"
+        )
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be a floating point tensor, got dtype {value.dtype}")
+    return value
+
+
+def real_events(ndim: int) -> constraints.Constraint:
+    """The constraint of real events with ``ndim`` dims (``real_vector`` for vectors)."""
+    return constraints.real_vector if ndim == 1 else constraints.independent(constraints.real, ndim)
+
+
+def batch_shape_of(value: Tensor, shape: tuple[int, ...]) -> torch.Size:
+    """The batch shape of ``value``, an event batch of event shape ``shape``."""
+    return value.shape[: value.dim() - len(shape)]
 
 
 _CONVERT = {torch.float32: ".float()", torch.float64: ".double()", torch.float16: ".half()"}
@@ -172,8 +200,9 @@ def _checked(method: Callable, name: str) -> Callable:
         context = check_context(context, self.context_features)
         if context is not None:
             check_dtype("context", context, first_tensor(self))
+            shape = self.base_shape if name == "x" else self.event_shape
             try:
-                torch.broadcast_shapes(value.shape[:-1], context.shape[:-1])
+                torch.broadcast_shapes(batch_shape_of(value, shape), context.shape[:-1])
             except RuntimeError:
                 raise ValueError(
                     f"{name} of shape {tuple(value.shape)} and context of shape "
@@ -314,13 +343,30 @@ class Bijection(_PyroAdapter, TransformModule, ConditionalTransform):
         torch.Size([10])
     """
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
+    @property
+    def domain(self) -> constraints.Constraint:
+        return real_events(len(self.base_shape))
 
-    def __init__(self, features: int, context: int = 0) -> None:
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return real_events(len(self.event_shape))
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        *,
+        shape: Sequence[int] | None = None,
+        base_shape: Sequence[int] | None = None,
+    ) -> None:
         super().__init__(cache_size=1)
         self.features = _checks.check_int("features", features, 1)
         self.context_features = _checks.check_int("context", context, 0)
+        #: Event shape on the data side (the output of ``forward_and_log_det``) and on the
+        #: base side (its input): ``(features,)`` for vectors, ``(C, H, W)`` for images.
+        #: They differ only for bijections that reshape, such as `pyroflows.pyro.Squeeze`.
+        self.event_shape = (self.features,) if shape is None else tuple(shape)
+        self.base_shape = self.event_shape if base_shape is None else tuple(base_shape)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -331,9 +377,19 @@ class Bijection(_PyroAdapter, TransformModule, ConditionalTransform):
 
     def check_input(self, name: str, value: Tensor) -> Tensor:
         """Raise a ``ValueError`` naming ``name`` unless ``value`` is an event batch this
-        bijection takes: shape ``(..., features)``, floating, the parameters' dtype and device."""
-        check_event(name, value, self.features)
+        bijection takes: shape ``(..., features)`` (``(..., *base_shape)`` for the input ``x``
+        of the forward direction and ``(..., *event_shape)`` for ``y`` when the event is not
+        a vector), floating, the parameters' dtype and device."""
+        check_event_shape(name, value, self.base_shape if name == "x" else self.event_shape)
         return check_dtype(name, value, first_tensor(self))
+
+    def forward_shape(self, shape: Sequence[int]) -> torch.Size:
+        """The shape of ``forward(x)`` for ``x`` of shape ``shape`` (torch's Transform API)."""
+        return torch.Size(tuple(shape)[: len(shape) - len(self.base_shape)] + self.event_shape)
+
+    def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
+        """The shape of ``inverse(y)`` for ``y`` of shape ``shape``."""
+        return torch.Size(tuple(shape)[: len(shape) - len(self.event_shape)] + self.base_shape)
 
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None
@@ -388,6 +444,10 @@ class Bijection(_PyroAdapter, TransformModule, ConditionalTransform):
 
     def extra_repr(self) -> str:
         text = f"features={self.features}"
+        if len(self.event_shape) != 1 or self.base_shape != self.event_shape:
+            text = f"shape={self.event_shape}"
+            if self.base_shape != self.event_shape:
+                text += f", base_shape={self.base_shape}"
         if self.context_features:
             text += f", context={self.context_features}"
         return text
@@ -418,6 +478,12 @@ class ConditionedBijection(_PyroAdapter, Transform):
     @property
     def codomain(self) -> constraints.Constraint:
         return self.bijection.codomain
+
+    def forward_shape(self, shape: Sequence[int]) -> torch.Size:
+        return self.bijection.forward_shape(shape)
+
+    def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
+        return self.bijection.inverse_shape(shape)
 
     def _bijection_and_context(self) -> tuple[Bijection, Tensor | None]:
         return self.bijection, self.context
@@ -489,7 +555,12 @@ class Chain(Bijection):
     def __init__(self, transforms: Iterable[Bijection]) -> None:
         transforms = list(transforms)
         features, context = chain_sizes(transforms, "transforms")
-        super().__init__(features, context)
+        super().__init__(
+            features,
+            context,
+            shape=transforms[-1].event_shape,
+            base_shape=transforms[0].base_shape,
+        )
         self.transforms = nn.ModuleList(transforms)
 
     @property
@@ -523,6 +594,13 @@ def chain_sizes(transforms: list[Any], name: str) -> tuple[int, int]:
         raise ValueError(
             f"{name} must share one event size, got features {[t.features for t in transforms]}"
         )
+    for i in range(len(transforms) - 1):
+        out, into = transforms[i].event_shape, transforms[i + 1].base_shape
+        if out != into:
+            raise ValueError(
+                f"{name}[{i}] gives events of shape {out} but {name}[{i + 1}] takes events of "
+                f"shape {into}"
+            )
     contexts = {t.context_features for t in transforms} - {0}
     if len(contexts) > 1:
         raise ValueError(
@@ -576,7 +654,12 @@ class Invert(Bijection):
             raise TypeError(
                 f"bijection must be a pyroflows Bijection, got {type(bijection).__name__}"
             )
-        super().__init__(bijection.features, bijection.context_features)
+        super().__init__(
+            bijection.features,
+            bijection.context_features,
+            shape=bijection.base_shape,
+            base_shape=bijection.event_shape,
+        )
         self.bijection = bijection
 
     @property

@@ -1,4 +1,4 @@
-"""Coupling bijections: mask x conditioner x transformer.
+"""Coupling bijections: mask x conditioner x transformer, on vectors and on images.
 
 The features marked ``True`` in the mask pass through unchanged; together with the
 context they are the conditioner's input. The conditioner outputs one parameter vector
@@ -15,11 +15,13 @@ import torch
 from torch import Tensor
 
 from pyroflows import structure
-from pyroflows.pyro.core import Bijection, broadcast_context
-from pyroflows.pyro.nn import MLP
+from pyroflows.pyro.core import Bijection, batch_shape_of, broadcast_context
+from pyroflows.pyro.nn import MLP, ConvResNet
 from pyroflows.pyro.transformers import AffineTransformer, Transformer
 
-__all__ = ["Coupling"]
+__all__ = ["Coupling", "ImageCoupling"]
+
+IMAGE_MASKS = ("checkerboard", "channel")
 
 
 class Coupling(Bijection):
@@ -92,6 +94,131 @@ class Coupling(Bijection):
         y_transformed, log_det = step(x_transformed, params)
         y = torch.cat([x_identity, y_transformed], dim=-1).index_select(-1, self.merge_index)
         return y, log_det.sum(-1)
+
+    def forward_and_log_det(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return self._apply_transformer(x, context, inverse=False)
+
+    def inverse_and_log_det(
+        self, y: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return self._apply_transformer(y, context, inverse=True)
+
+
+class ImageCoupling(Bijection):
+    """A coupling layer on images ``(C, H, W)`` with a convolutional ResNet conditioner.
+
+    ``mask="checkerboard"``: the pixels where ``(h + w) % 2 == parity`` pass through (in
+    every channel); the conditioner sees the image with the other pixels zeroed and gives
+    the parameters of every pixel, of which those of the transformed pixels are used.
+    ``mask="channel"``: the first ``C // 2`` channels pass through (``parity=0``, else the
+    others) and condition the rest. A context vector ``(..., context)`` (a class label, say)
+    enters the conditioner as ``context`` constant extra channels. The conditioner is a
+    `pyroflows.pyro.nn.ConvResNet` with a zero-initialised output, so a fresh layer is the
+    identity.
+
+    Args:
+        shape: Image shape ``(C, H, W)``.
+        context: Context size.
+        mask: ``"checkerboard"`` or ``"channel"`` (needs ``C >= 2``).
+        parity: 0 or 1: which half passes through.
+        transformer: The elementwise map (default affine; any transformer of
+            `pyroflows.pyro.transformers`, such as a spline).
+        hidden: Channels of the conditioner's hidden layers.
+        blocks: Residual blocks of the conditioner.
+        activation: Activation of the conditioner.
+
+    Examples:
+        >>> import torch
+        >>> import pyroflows.pyro as pf
+        >>> layer = pf.ImageCoupling((2, 4, 4), mask="channel", hidden=8, blocks=1)
+        >>> y, log_det = layer.forward_and_log_det(torch.randn(3, 2, 4, 4))
+        >>> log_det.shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        context: int = 0,
+        mask: str = "checkerboard",
+        parity: int = 0,
+        transformer: Transformer | None = None,
+        hidden: int = 64,
+        blocks: int = 2,
+        activation: str = "relu",
+    ) -> None:
+        shape = structure.check_image_shape(shape)
+        super().__init__(int(np.prod(shape)), context, shape=shape)
+        if mask not in IMAGE_MASKS:
+            raise ValueError(f"mask must be one of {IMAGE_MASKS}, got {mask!r}")
+        make = structure.checkerboard_mask if mask == "checkerboard" else structure.channel_mask
+        keep = make(shape, parity)
+        self.mask_kind, self.parity = mask, parity
+        self.transformer = transformer if transformer is not None else AffineTransformer()
+        params = self.transformer.params_per_feature
+        channels = shape[0]
+        if mask == "checkerboard":
+            self.register_buffer(
+                "pass_mask",
+                torch.as_tensor(keep, dtype=torch.get_default_dtype()),
+                persistent=False,
+            )
+            inputs, outputs = channels, channels * params
+        else:
+            identity, transformed = np.flatnonzero(keep[:, 0, 0]), np.flatnonzero(~keep[:, 0, 0])
+            merge = structure.inverse_permutation(np.concatenate([identity, transformed]))
+            self.register_buffer("identity_index", torch.as_tensor(identity), persistent=False)
+            self.register_buffer(
+                "transformed_index", torch.as_tensor(transformed), persistent=False
+            )
+            self.register_buffer("merge_index", torch.as_tensor(merge), persistent=False)
+            inputs, outputs = identity.size, transformed.size * params
+        self.conditioner = ConvResNet(
+            inputs + self.context_features, outputs, hidden, blocks, activation
+        )
+
+    def extra_repr(self) -> str:
+        text = f"shape={self.event_shape}"
+        if self.context_features:
+            text += f", context={self.context_features}"
+        return (
+            text
+            + f", mask={self.mask_kind!r}, parity={self.parity}, transformer={self.transformer!r}"
+        )
+
+    def _params(self, inputs: Tensor, context: Tensor | None) -> Tensor:
+        """Conditioner output ``(N, c, H, W, P)`` for ``inputs`` ``(N, c_in, H, W)``."""
+        if context is not None:
+            planes = context[:, :, None, None].expand(-1, -1, *inputs.shape[-2:])
+            inputs = torch.cat([inputs, planes], dim=1)
+        out = self.conditioner(inputs)
+        params = self.transformer.params_per_feature
+        return out.unflatten(1, (-1, params)).movedim(2, -1)
+
+    def _apply_transformer(self, x: Tensor, context: Tensor | None, inverse: bool):
+        shape = self.event_shape
+        batch = batch_shape_of(x, shape)
+        if context is not None:
+            batch = torch.broadcast_shapes(batch, context.shape[:-1])
+            x = x.expand(*batch, *shape)
+            context = context.expand(*batch, context.shape[-1]).reshape(-1, context.shape[-1])
+        flat = x.reshape(-1, *shape)
+        step = self.transformer.inverse if inverse else self.transformer.forward
+        if self.mask_kind == "checkerboard":
+            keep = self.pass_mask
+            y_all, log_det = step(flat, self._params(flat * keep, context))
+            passes = keep > 0
+            y = torch.where(passes, flat, y_all)
+            log_det = torch.where(passes, 0.0, log_det).flatten(1).sum(-1)
+        else:
+            identity = flat.index_select(1, self.identity_index)
+            transformed = flat.index_select(1, self.transformed_index)
+            y_transformed, log_det = step(transformed, self._params(identity, context))
+            y = torch.cat([identity, y_transformed], dim=1).index_select(1, self.merge_index)
+            log_det = log_det.flatten(1).sum(-1)
+        return y.reshape(*batch, *shape), log_det.reshape(batch)
 
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None

@@ -22,26 +22,29 @@ from torch.distributions import Distribution, Transform, biject_to, constraints
 from pyroflows._sampling import chunk_rows
 from pyroflows.pyro.core import (
     Bijection,
+    batch_shape_of,
     chain_forward,
     chain_inverse,
     chain_sizes,
     check_context,
     check_dtype,
-    check_event,
+    check_event_shape,
     first_tensor,
+    real_events,
 )
 
 __all__ = ["Flow", "FlowDistribution", "StandardNormal"]
 
 
 class StandardNormal(TorchDistribution):
-    """Standard normal over vectors (event_dim 1): the default base of every flow.
+    """Standard normal over vectors (event_dim 1) or images: the default base of every flow.
 
     Equal to ``Normal(zeros, ones).to_event(1)``, with a log-density of three kernels and
     no argument checks (it has no arguments to check).
 
     Args:
-        like: A tensor of shape ``(features,)`` whose dtype and device the samples take.
+        like: A tensor of the event shape (``(features,)``, or ``(C, H, W)`` for images)
+            whose dtype and device the samples take.
         batch_shape: Batch shape.
 
     Examples:
@@ -52,12 +55,15 @@ class StandardNormal(TorchDistribution):
     """
 
     arg_constraints: dict = {}
-    support = constraints.real_vector
     has_rsample = True
 
     def __init__(self, like: Tensor, batch_shape: Size | tuple = ()) -> None:
         self._like = like
-        super().__init__(Size(batch_shape), like.shape[-1:], validate_args=False)
+        super().__init__(Size(batch_shape), like.shape, validate_args=False)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return real_events(len(self.event_shape))
 
     def expand(self, batch_shape, _instance=None) -> StandardNormal:
         return StandardNormal(self._like, check_expand(self.batch_shape, batch_shape))
@@ -75,14 +81,15 @@ class StandardNormal(TorchDistribution):
         return torch.randn(shape, dtype=self._like.dtype, device=self._like.device)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        features = self.event_shape[0]
-        lp = value.square().sum(-1).mul(-0.5) - 0.5 * features * math.log(2 * math.pi)
+        features = self.event_shape.numel()
+        squares = value.square().flatten(-len(self.event_shape)).sum(-1)
+        lp = squares.mul(-0.5) - 0.5 * features * math.log(2 * math.pi)
         if self.batch_shape and lp.shape != self.batch_shape:
             lp = lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))
         return lp
 
     def entropy(self) -> Tensor:
-        features = self.event_shape[0]
+        features = self.event_shape.numel()
         value = 0.5 * features * (1 + math.log(2 * math.pi))
         return self._like.new_full(self.batch_shape, value)
 
@@ -192,20 +199,26 @@ class Flow(nn.Module):
         super().__init__()
         transforms = list(transforms)
         self.features, self.context_features = chain_sizes(transforms, "transforms")
+        #: Event shape of the data: ``(features,)``, or ``(C, H, W)`` for an image flow.
+        self.event_shape = transforms[-1].event_shape
         self.transforms = nn.ModuleList(transforms)
         if base is None:
             # Carries the dtype and device of the default base; not part of the state.
-            self.register_buffer("base_like", torch.zeros(self.features), persistent=False)
+            self.register_buffer(
+                "base_like", torch.zeros(transforms[0].base_shape), persistent=False
+            )
             self.base = None
         else:
             if not isinstance(base, Distribution):
                 raise TypeError(
                     f"base must be a torch/Pyro Distribution, got {type(base).__name__}"
                 )
-            if tuple(base.event_shape) != (self.features,):
+            want = transforms[0].base_shape
+            if tuple(base.event_shape) != want:
+                what = "features" if len(want) == 1 else "event shape"
                 raise ValueError(
-                    f"base must have event_shape ({self.features},) to match the transforms' "
-                    f"features, got event_shape {tuple(base.event_shape)}"
+                    f"base must have event_shape {want} to match the transforms' "
+                    f"{what}, got event_shape {tuple(base.event_shape)}"
                 )
             self.base = _Base(base)
 
@@ -222,6 +235,8 @@ class Flow(nn.Module):
 
     def extra_repr(self) -> str:
         text = f"features={self.features}"
+        if len(self.event_shape) != 1:
+            text = f"shape={self.event_shape}"
         if self.context_features:
             text += f", context={self.context_features}"
         return text
@@ -277,6 +292,7 @@ class FlowDistribution(TransformedDistribution):
     ) -> None:
         self.bijections = list(transforms)
         self.features, self.context_features = chain_sizes(self.bijections, "transforms")
+        self._shape = self.bijections[-1].event_shape
         self._like = next((t for t in map(first_tensor, self.bijections) if t is not None), None)
         self.context = check_context(context, self.context_features)
         if context is not None:
@@ -345,7 +361,7 @@ class FlowDistribution(TransformedDistribution):
         if cached is not None:
             z, log_det = cached
             return self.base_dist.log_prob(z) - log_det
-        check_event("value", value, self.features)
+        check_event_shape("value", value, self._shape)
         check_dtype("value", value, self._like)
         if not torch.isfinite(value).all():
             raise ValueError(
@@ -353,7 +369,7 @@ class FlowDistribution(TransformedDistribution):
             )
         if self.context is not None:
             try:
-                torch.broadcast_shapes(value.shape[:-1], self.context.shape[:-1])
+                torch.broadcast_shapes(batch_shape_of(value, self._shape), self.context.shape[:-1])
             except RuntimeError:
                 raise ValueError(
                     f"value of shape {tuple(value.shape)} and context of shape "
@@ -361,7 +377,7 @@ class FlowDistribution(TransformedDistribution):
                 ) from None
         support = self.support
         inside = None
-        if support is not constraints.real_vector:
+        if support is not real_events(len(self._shape)):
             inside = support.check(value)
             if not inside.all():
                 if self._validate_args:
@@ -371,10 +387,12 @@ class FlowDistribution(TransformedDistribution):
                     )
                 # score a point of the support in their place, then give them -inf
                 safe = biject_to(support)(torch.zeros_like(value))
-                value = torch.where(inside.unsqueeze(-1), value, safe)
+                mask = inside.view(inside.shape + (1,) * len(self._shape))
+                value = torch.where(mask, value, safe)
         z, log_det = chain_inverse(self.bijections, value, self.context)
         log_p = self.base_dist.log_prob(z) + log_det
         if inside is not None:
             # the support's closed ends map to infinity in the base: density 0 there
-            log_p = log_p.masked_fill(~inside | ~torch.isfinite(z).all(-1), -math.inf)
+            finite = torch.isfinite(z).flatten(-len(self._shape)).all(-1)
+            log_p = log_p.masked_fill(~inside | ~finite, -math.inf)
         return log_p

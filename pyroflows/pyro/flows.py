@@ -37,12 +37,13 @@ from collections.abc import Sequence
 
 from torch.distributions import Distribution
 
-from pyroflows import _checks, structure
+from pyroflows import _checks, _image, structure
 from pyroflows._continuous import MAX_STEPS
 from pyroflows.pyro.autoregressive import MaskedAutoregressive
 from pyroflows.pyro.continuous import Continuous
 from pyroflows.pyro.coupling import Coupling
 from pyroflows.pyro.distributions import Flow
+from pyroflows.pyro.image import multi_scale
 from pyroflows.pyro.linear import ActNorm, Scale
 from pyroflows.pyro.residual import PlanarLayer, RadialLayer, ResidualBlock, SylvesterLayer
 from pyroflows.pyro.transformers import (
@@ -55,6 +56,7 @@ from pyroflows.pyro.transformers import (
 __all__ = [
     "NICE",
     "RealNVP",
+    "Glow",
     "NSF",
     "MAF",
     "IAF",
@@ -229,32 +231,119 @@ def NSF(  # noqa: N802
 
 
 def RealNVP(  # noqa: N802
-    features: int,
+    features: int | None = None,
     context: int = 0,
     transforms: int = 5,
-    hidden: Sequence[int] = (64, 64),
+    hidden: Sequence[int] | int = (64, 64),
     *,
-    bound: float = 1.0,
+    bound: float | None = None,
     order: str = "random",
     activation: str = "relu",
     base: Distribution | None = None,
+    shape: Sequence[int] | None = None,
+    levels: int = 2,
+    blocks: int = 2,
 ) -> Flow:
-    """RealNVP (Dinh et al., 2017): affine coupling layers.
+    """RealNVP (Dinh et al., 2017): affine coupling layers, on vectors or on images.
 
-    Arguments as in `MAF`, except ``order``, which here sets the masks: ``"random"``
-    (default; pairs of layers take a seeded random half of the features and its complement
-    as pass-through features, `pyroflows.structure.paired_random_mask`) or ``"alternate"``
-    (the even and the odd features pass through in turn, the structure of pyroflows 0.1.0
-    and of ``AutoFlow``'s flows). Needs ``features >= 2``.
+    On vectors (``features``), arguments as in `MAF`, except ``order``, which here sets the
+    masks: ``"random"`` (default; pairs of layers take a seeded random half of the features
+    and its complement as pass-through features, `pyroflows.structure.paired_random_mask`)
+    or ``"alternate"`` (the even and the odd features pass through in turn, the structure of
+    pyroflows 0.1.0 and of ``AutoFlow``'s flows). Needs ``features >= 2``.
+
+    On images (``shape=(C, H, W)`` instead of ``features``), the multi-scale architecture
+    of the paper (`pyroflows._image.realnvp_plan`): per level 3 checkerboard couplings, a
+    squeeze, 3 channel couplings and half of the channels factored out; the last level has
+    4 checkerboard couplings. The couplings' conditioners are conv ResNets
+    (`pyroflows.pyro.nn.ConvResNet`) with ``hidden`` channels (an int) and ``blocks``
+    residual blocks; their log-scales are bounded by ``bound`` (default 3 on images, 1 on
+    vectors). The flow
+    is one bijection over a standard normal of shape ``(C, H, W)``; ``transforms`` and
+    ``order`` do not apply. H and W must be multiples of ``2 ** (levels - 1)``.
 
     Examples:
         >>> import pyroflows.pyro as pf
         >>> flow = pf.RealNVP(features=4, transforms=4, hidden=(64, 64))
+        >>> image_flow = pf.RealNVP(shape=(1, 8, 8), levels=2, hidden=16, blocks=1)
+        >>> image_flow().sample((2,)).shape
+        torch.Size([2, 1, 8, 8])
     """
+    if shape is not None:
+        if features is not None:
+            raise ValueError("give RealNVP either features (vectors) or shape (images), not both")
+        bound = 3.0 if bound is None else bound
+        plan = _image.realnvp_plan(shape, levels)
+        model = multi_scale(
+            plan,
+            context,
+            _image.channels("hidden", hidden),
+            blocks,
+            AffineTransformer(bound),
+            activation,
+        )
+        return Flow([model], base)
+    if features is None:
+        raise ValueError("RealNVP needs features (vectors) or shape=(C, H, W) (images)")
+    bound = 1.0 if bound is None else bound
     layers = _coupling(
         features, context, transforms, hidden, AffineTransformer(bound), activation, order
     )
     return Flow(layers, base)
+
+
+def Glow(  # noqa: N802
+    shape: Sequence[int],
+    context: int = 0,
+    levels: int = 2,
+    steps: int = 4,
+    hidden: int = 64,
+    *,
+    blocks: int = 1,
+    bound: float = 3.0,
+    activation: str = "relu",
+    base: Distribution | None = None,
+) -> Flow:
+    """Glow (Kingma & Dhariwal, 2018): a multi-scale flow on images ``(C, H, W)``.
+
+    Per level (`pyroflows._image.glow_plan`): a squeeze, ``steps`` steps of `ActNorm`, an
+    invertible 1x1 convolution (`Conv1x1`, LU-parameterised) and an affine channel
+    coupling, then, on all but the last level, a split: half of the channels is factored
+    out, with a learnt prior (an affine map of it conditioned on the other half, a channel
+    coupling with a conv conditioner), so that the whole model is one bijection over a
+    standard normal of shape ``(C, H, W)``. Conditioners: conv ResNets with ``hidden``
+    channels and ``blocks`` residual blocks (the split priors have none); log-scales bounded
+    by ``bound``. H and W must be multiples of ``2 ** levels``.
+
+    Args:
+        shape: Image shape ``(C, H, W)``.
+        context: Context size (a class label as a one-hot vector, say), fed to every
+            coupling's conditioner as constant channels.
+        levels: Number of scales.
+        steps: Steps per level.
+        hidden: Hidden channels of the conditioners.
+        blocks: Residual blocks of the couplings' conditioners.
+        bound: Bound of the couplings' log-scales.
+        activation: Activation of the conditioners.
+        base: Base distribution of event shape ``shape`` (default standard normal).
+
+    Examples:
+        >>> import torch
+        >>> import pyroflows.pyro as pf
+        >>> flow = pf.Glow((1, 8, 8), levels=2, steps=2, hidden=16)
+        >>> flow().log_prob(torch.rand(3, 1, 8, 8)).shape
+        torch.Size([3])
+    """
+    plan = _image.glow_plan(shape, levels, steps)
+    model = multi_scale(
+        plan,
+        context,
+        _image.channels("hidden", hidden),
+        blocks,
+        AffineTransformer(bound),
+        activation,
+    )
+    return Flow([model], base)
 
 
 def NICE(  # noqa: N802

@@ -1,4 +1,10 @@
-"""Preprocessing for discrete data: uniform dequantization, logit preprocessing, bits/dim.
+"""Image structure and preprocessing: squeeze, factor-out, multi-scale models, uniform
+dequantization, logit preprocessing, bits/dim.
+
+`Squeeze` trades space for channels, `FactorOut` runs a bijection on the first channels of
+an image and passes the others (the factored-out half of a multi-scale model) unchanged,
+and `multi_scale` builds a whole multi-scale model (`pyroflows.pyro.RealNVP` with
+``shape=``, `pyroflows.pyro.Glow`) as one bijection from a plan of `pyroflows._image`.
 
 Discrete data with ``levels`` values per dimension (pixel intensities ``0..levels-1``) is
 made continuous with `dequantize` (``(x + u) / levels`` with ``u ~ U[0, 1)``), which
@@ -10,16 +16,188 @@ the usual bits per dimension of the discrete data (a variational bound).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from pyroflows import _checks
-from pyroflows.pyro.core import Bijection
-from pyroflows.pyro.transformers import softplus
+from pyroflows import _checks, _image, structure
+from pyroflows.pyro.core import Bijection, Chain, Invert
+from pyroflows.pyro.transformers import AffineTransformer, Transformer, softplus
 
-__all__ = ["Logit", "dequantize", "bits_per_dim"]
+__all__ = ["Logit", "Squeeze", "FactorOut", "multi_scale", "dequantize", "bits_per_dim"]
+
+
+class Squeeze(Bijection):
+    """Trade space for channels: ``(C, H, W)`` (data side) and ``(4C, H/2, W/2)`` (base side).
+
+    The inverse (data -> base) moves each 2x2 patch of a channel into 4 channels (channel
+    ``4c + 2i + j`` holds pixel ``(2h + i, 2w + j)`` of channel ``c``); the forward direction
+    undoes it. Log-det 0. ``Invert(Squeeze(shape))`` squeezes in the forward direction.
+
+    Args:
+        shape: The image shape ``(C, H, W)``, with H and W even.
+
+    Examples:
+        >>> import torch
+        >>> import pyroflows.pyro as pf
+        >>> z, _ = pf.Squeeze((1, 4, 4)).inverse_and_log_det(torch.zeros(2, 1, 4, 4))
+        >>> z.shape
+        torch.Size([2, 4, 2, 2])
+    """
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        shape = structure.check_image_shape(shape)
+        super().__init__(int(np.prod(shape)), shape=shape, base_shape=_image.squeezed(shape))
+
+    def extra_repr(self) -> str:
+        return f"shape={self.event_shape}"
+
+    def forward_and_log_det(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        channels, height, width = self.event_shape
+        batch = x.shape[:-3]
+        y = x.reshape(*batch, channels, 2, 2, height // 2, width // 2)
+        b = len(batch)  # (..., C, i, j, h, w) -> (..., C, h, i, w, j)
+        y = y.permute(*range(b), b, b + 3, b + 1, b + 4, b + 2)
+        return y.reshape(*batch, *self.event_shape), x.new_zeros(batch)
+
+    def inverse_and_log_det(
+        self, y: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        channels, height, width = self.event_shape
+        batch = y.shape[:-3]
+        x = y.reshape(*batch, channels, height // 2, 2, width // 2, 2)
+        b = len(batch)  # (..., C, h, i, w, j) -> (..., C, i, j, h, w)
+        x = x.permute(*range(b), b, b + 2, b + 4, b + 1, b + 3)
+        return x.reshape(*batch, *self.base_shape), y.new_zeros(batch)
+
+
+class FactorOut(Bijection):
+    """Run ``bijection`` on the first channels of an image; the others pass unchanged.
+
+    In a multi-scale model the passing channels are the half factored out into the latent
+    at this scale, and ``bijection`` is the rest of the model, on the other half.
+
+    Args:
+        shape: Image shape ``(C, H, W)``.
+        bijection: A bijection on images ``(c, H, W)`` with ``c < C`` (its two sides of
+            one shape).
+
+    Examples:
+        >>> import pyroflows.pyro as pf
+        >>> layer = pf.FactorOut((4, 2, 2), pf.ActNorm((2, 2, 2)))
+    """
+
+    def __init__(self, shape: Sequence[int], bijection: Bijection) -> None:
+        shape = structure.check_image_shape(shape)
+        if not isinstance(bijection, Bijection):
+            raise TypeError(
+                f"bijection must be a pyroflows Bijection, got {type(bijection).__name__}"
+            )
+        inner = bijection.event_shape
+        if (
+            len(inner) != 3
+            or bijection.base_shape != inner
+            or inner[1:] != shape[1:]
+            or not 1 <= inner[0] < shape[0]
+        ):
+            raise ValueError(
+                f"bijection must map images of shape (c, {shape[1]}, {shape[2]}) with "
+                f"c < {shape[0]} to the same shape, got event shapes {bijection.base_shape} "
+                f"(base side) and {inner} (data side)"
+            )
+        super().__init__(int(np.prod(shape)), bijection.context_features, shape=shape)
+        self.bijection = bijection
+        self.channels = inner[0]
+
+    def extra_repr(self) -> str:
+        return f"shape={self.event_shape}, channels={self.channels}"
+
+    def _apply(self, value: Tensor, context: Tensor | None, inverse: bool):
+        head, tail = value[..., : self.channels, :, :], value[..., self.channels :, :, :]
+        step = self.bijection.inverse_and_log_det if inverse else self.bijection.forward_and_log_det
+        head, log_det = step(head, context)
+        tail = tail.expand(*head.shape[:-3], *tail.shape[-3:])
+        return torch.cat([head, tail], dim=-3), log_det
+
+    def forward_and_log_det(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return self._apply(x, context, inverse=False)
+
+    def inverse_and_log_det(
+        self, y: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return self._apply(y, context, inverse=True)
+
+
+def multi_scale(
+    plan: _image.Level,
+    context: int = 0,
+    hidden: int = 64,
+    blocks: int = 2,
+    transformer: Transformer | None = None,
+    activation: str = "relu",
+) -> Chain:
+    """The multi-scale model of ``plan`` as one `Chain` (base -> data order) whose two
+    sides have the data's shape.
+
+    Args:
+        plan: A plan of `pyroflows._image` (`realnvp_plan`, `glow_plan`).
+        context: Context size of the couplings.
+        hidden: Hidden channels of the couplings' conditioners.
+        blocks: Residual blocks of the couplings' conditioners (the split priors have none).
+        transformer: Transformer of the couplings (default affine, scales bounded at 3).
+        activation: Activation of the conditioners.
+
+    Examples:
+        >>> from pyroflows import _image
+        >>> import pyroflows.pyro as pf
+        >>> model = pf.multi_scale(_image.glow_plan((1, 4, 4), levels=1, steps=1), hidden=8)
+    """
+    from pyroflows.pyro.coupling import ImageCoupling
+    from pyroflows.pyro.linear import ActNorm, Conv1x1
+
+    transformer = AffineTransformer(3.0) if transformer is None else transformer
+
+    def step(spec: tuple, shape: tuple[int, int, int]) -> Bijection:
+        if spec[0] == "coupling":
+            return ImageCoupling(
+                shape, context, spec[1], spec[2], transformer, hidden, blocks, activation
+            )
+        if spec[0] == "actnorm":
+            return ActNorm(shape)
+        return Conv1x1(shape, seed=spec[1])
+
+    def build(level: _image.Level) -> Chain:
+        path = [step(spec, level.shape) for spec in level.before]  # data -> base order
+        if level.after or level.inner is not None:
+            inner_shape = _image.squeezed(level.shape)
+            path.append(Squeeze(level.shape))
+            path += [step(spec, inner_shape) for spec in level.after]
+            if level.prior:  # the kept half conditions the half that is factored out
+                path.append(
+                    ImageCoupling(
+                        inner_shape,
+                        context,
+                        "channel",
+                        0,
+                        AffineTransformer(3.0),
+                        hidden,
+                        0,
+                        activation,
+                    )
+                )
+            if level.inner is not None:
+                path.append(FactorOut(inner_shape, build(level.inner)))
+            path.append(Invert(Squeeze(level.shape)))
+        return Chain(path[::-1])
+
+    return build(plan)
 
 
 class Logit(Bijection):

@@ -1,4 +1,4 @@
-"""Conditioner networks: a plain MLP, a masked MLP (MADE) and a Lipschitz MLP.
+"""Conditioner networks: a plain MLP, a masked MLP (MADE), a Lipschitz MLP, a conv ResNet.
 
 Both keep their linear layers in ``self.layers`` (an ``nn.ModuleList``), so parameter
 names are ``layers.0.weight``, ``layers.0.bias``, ... in both backends, with weights stored
@@ -33,6 +33,7 @@ __all__ = [
     "LipschitzMLP",
     "lipswish",
     "LIPSCHITZ_ACTIVATIONS",
+    "ConvResNet",
 ]
 
 _ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "tanh": torch.tanh, "gelu": F.gelu, "silu": F.silu}
@@ -90,6 +91,59 @@ class MLP(nn.Module):
         for layer in inner:
             x = self._act(layer(x))
         return last(x)
+
+
+class ConvResNet(nn.Module):
+    """A small convolutional ResNet: the conditioner of image coupling layers.
+
+    ``input`` (3x3 conv to ``hidden`` channels), ``blocks`` residual blocks
+    (``x + conv(act(conv(act(x))))``, 3x3 convs) and ``output`` (3x3 conv, zero-initialised,
+    so a fresh conditioner outputs zeros). Padding keeps the height and width. Parameter
+    names: ``input.weight``, ``blocks.0.0.weight``, ``blocks.0.1.weight``, ...,
+    ``output.weight`` (weights ``(out, in, 3, 3)`` in both backends).
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        hidden: Channels of the hidden layers.
+        blocks: Number of residual blocks.
+        activation: Name of the activation.
+
+    Examples:
+        >>> import torch
+        >>> from pyroflows.pyro.nn import ConvResNet
+        >>> ConvResNet(2, 4, hidden=8, blocks=1)(torch.ones(5, 2, 6, 6)).shape
+        torch.Size([5, 4, 6, 6])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        blocks: int = 2,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        hidden = _checks.check_int("hidden", hidden, 1)
+        blocks = _checks.check_int("blocks", blocks, 0)
+        self.input = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList([nn.Conv2d(hidden, hidden, 3, padding=1) for _ in range(2)])
+            for _ in range(blocks)
+        )
+        self.output = nn.Conv2d(hidden, out_channels, 3, padding=1)
+        self.activation = activation
+        self._act = get_activation(activation)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, in_channels, H, W) -> (N, out_channels, H, W)``."""
+        h = self.input(x)
+        for first, second in self.blocks:
+            h = h + second(self._act(first(self._act(h))))
+        return self.output(self._act(h))
 
 
 class MaskedLinear(nn.Linear):

@@ -43,8 +43,9 @@ from pyroflows.pyro.distributions import Flow
 __all__ = ["fit"]
 
 
-def _as_tensor(name: str, value: Any, like: Tensor, features: int) -> Tensor:
-    """``value`` as a detached ``(n, features)`` tensor of ``like``'s dtype and device."""
+def _as_tensor(name: str, value: Any, like: Tensor, features: int | tuple[int, ...]) -> Tensor:
+    """``value`` as a detached ``(n, features)`` tensor of ``like``'s dtype and device
+    (``(n, *features)`` when ``features`` is an event shape, such as an image's)."""
     if isinstance(value, Tensor):
         tensor = value.detach()  # data is a constant of the fit, never part of a graph
     else:
@@ -52,15 +53,23 @@ def _as_tensor(name: str, value: Any, like: Tensor, features: int) -> Tensor:
     if not tensor.is_floating_point():
         tensor = tensor.to(torch.get_default_dtype())
     tensor = tensor.to(dtype=like.dtype, device=like.device)
-    if tensor.dim() != 2 or tensor.shape[-1] != features:
-        raise ValueError(f"{name} must have shape (n, {features}), got shape {tuple(tensor.shape)}")
+    event = (features,) if isinstance(features, int) else tuple(features)
+    if tensor.dim() != 1 + len(event) or tuple(tensor.shape[1:]) != event:
+        want = ", ".join(map(str, event))
+        raise ValueError(f"{name} must have shape (n, {want}), got shape {tuple(tensor.shape)}")
     if not torch.isfinite(tensor).all():
-        bad = int((~torch.isfinite(tensor)).any(-1).sum())
+        bad = int((~torch.isfinite(tensor)).flatten(1).any(-1).sum())
         raise ValueError(
             f"{name} holds non-finite values (NaN or inf) in {bad} rows "
             f"(shape {tuple(tensor.shape)})"
         )
     return tensor
+
+
+def _event(flow: Flow) -> int | tuple[int, ...]:
+    """The flow's event size (vectors) or event shape (images)."""
+    shape = tuple(getattr(flow, "event_shape", (flow.features,)))
+    return shape[0] if len(shape) == 1 else shape
 
 
 def _adam(params: list[Tensor], lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -74,7 +83,7 @@ def _adam(params: list[Tensor], lr: float, weight_decay: float) -> torch.optim.A
 
 def _data_and_context(flow: Flow, data: Any, context: Any, like: Tensor):
     """Check ``data`` and ``context`` against the flow; return them as tensors."""
-    data = _as_tensor("data", data, like, flow.features)
+    data = _as_tensor("data", data, like, _event(flow))
     check_rows("data", data.shape)
     if flow.context_features:
         if context is None:
@@ -107,7 +116,7 @@ def _validation_set(validation: Any, flow: Flow, like: Tensor):
         val_data, val_context = validation
     else:
         val_data, val_context = validation, None
-    val_data = _as_tensor("validation data", val_data, like, flow.features)
+    val_data = _as_tensor("validation data", val_data, like, _event(flow))
     check_rows("validation data", val_data.shape)
     if flow.context_features:
         if val_context is None:
@@ -232,7 +241,8 @@ def fit(
 
     Args:
         flow: The flow to train (modified in place).
-        data: Array-like ``(n, features)`` with ``n >= 1``.
+        data: Array-like ``(n, features)`` with ``n >= 1`` (``(n, C, H, W)`` for an image
+            flow).
         context: Array-like ``(n, context)`` for a conditional flow, else ``None``.
         epochs: Maximum number of passes over the training data (int >= 1).
         batch_size: Minibatch size (int >= 1).
