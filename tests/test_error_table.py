@@ -199,6 +199,34 @@ T = {
         TORCH: lambda _: pf.Continuous(2, solver="rk45"),
         JAX: lambda _: pfj.FFJORD(2, solver="heun", key=KEY),
     },
+    "image-shape": {
+        TORCH: lambda _: pf.Glow((1, 4)),
+        JAX: lambda _: pfj.Squeeze((0, 4, 4)),
+    },
+    "image-squeeze": {
+        TORCH: lambda _: pf.Squeeze((1, 3, 4)),
+        JAX: lambda _: pfj.Squeeze((1, 4, 5)),
+    },
+    "image-levels": {
+        TORCH: lambda _: pf.Glow((1, 4, 6), levels=2),
+        JAX: lambda _: pfj.RealNVP(shape=(1, 4, 4), levels=4, key=KEY),
+    },
+    "image-mask": {
+        TORCH: lambda _: pf.ImageCoupling((2, 4, 4), mask="stripes"),
+        JAX: lambda _: pfj.ImageCoupling((2, 4, 4), mask="stripes", key=KEY),
+    },
+    "image-channels": {
+        TORCH: lambda _: pf.ImageCoupling((1, 4, 4), mask="channel"),
+        JAX: lambda _: pfj.ImageCoupling((1, 4, 4), mask="channel", key=KEY),
+    },
+    "image-hidden": {
+        TORCH: lambda _: pf.Glow((1, 4, 4), levels=1, hidden=(8, 16)),
+        JAX: lambda _: pfj.RealNVP(shape=(1, 4, 4), hidden=(8, 16), key=KEY),
+    },
+    "chain-shapes": {
+        TORCH: lambda _: pf.Chain([pf.ActNorm((1, 4, 4)), pf.ActNorm((4, 2, 2))]),
+        JAX: lambda _: pfj.Flow([pfj.Squeeze((1, 4, 4)), pfj.Squeeze((1, 4, 4))]),
+    },
     "ode-tsit5": {TORCH: lambda _: pf.FFJORD(2, solver="tsit5", adjoint=True)},
     "ode-solve": {
         TORCH: (lambda _: _stiff(pf)().log_prob(torch.zeros(3, 2)), pf.ODESolveError),

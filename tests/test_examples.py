@@ -23,6 +23,7 @@ pytest.importorskip("matplotlib")
 SCRIPTS = [
     ("digits.py", "digits.png", "torch", ()),
     ("digits.py", "digits.png", "torch", ("--model", "residual")),
+    ("digits.py", "digits.png", "torch", ("--model", "glow")),
     ("two_moons.py", "two_moons.png", "torch", ()),
     ("two_moons.py", "two_moons_residual.png", "torch", ("--model", "residual")),
     ("two_moons.py", "two_moons_ffjord-fm.png", "torch", ("--model", "ffjord-fm")),

@@ -51,9 +51,6 @@ def test_both_backends_export_the_same_names():
     torch_only = {"ConditionedBijection"}  # JAX: bijection.transform(context) instead
     # JAX: explicit keys for the residual blocks' estimators, stored power iterations
     jax_only = {"BijectionTransform", "initialize_actnorm", "with_key", "refine_lipschitz"}
-    # issue 19 (image flows) is built torch first; its JAX twins are not written yet, and
-    # this set is to shrink to nothing when they are
-    torch_only |= {"Conv1x1", "FactorOut", "Glow", "ImageCoupling", "Squeeze", "multi_scale"}
     assert set(pf.__all__) - torch_only == set(pfj.__all__) - jax_only
 
 

@@ -13,7 +13,7 @@ from pyroflows.numpyro.amortized import AmortizedFlow, AmortizedIAF
 from pyroflows.numpyro.autoregressive import MaskedAutoregressive
 from pyroflows.numpyro.continuous import Continuous, ODESolveError, flow_matching_loss
 from pyroflows.numpyro.core import Bijection, BijectionTransform, Chain, Invert
-from pyroflows.numpyro.coupling import Coupling
+from pyroflows.numpyro.coupling import Coupling, ImageCoupling
 from pyroflows.numpyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
 from pyroflows.numpyro.distributions import Flow, FlowDistribution
 from pyroflows.numpyro.flows import (
@@ -22,15 +22,24 @@ from pyroflows.numpyro.flows import (
     MAF,
     NICE,
     NSF,
+    Glow,
     Planar,
     Radial,
     RealNVP,
     ResidualFlow,
     Sylvester,
 )
-from pyroflows.numpyro.image import Logit, bits_per_dim, dequantize
+from pyroflows.numpyro.image import (
+    FactorOut,
+    Logit,
+    Reshape,
+    Squeeze,
+    bits_per_dim,
+    dequantize,
+    multi_scale,
+)
 from pyroflows.numpyro.infer import AutoFlow
-from pyroflows.numpyro.linear import ActNorm, LULinear, Permute, Reverse, Scale
+from pyroflows.numpyro.linear import ActNorm, Conv1x1, LULinear, Permute, Reverse, Scale
 from pyroflows.numpyro.nn import MADE, MLP, refine_lipschitz
 from pyroflows.numpyro.params import get_params, set_params
 from pyroflows.numpyro.residual import (
@@ -51,55 +60,62 @@ from pyroflows.numpyro.transformers import (
 
 __all__ = [
     "ActNorm",
-    "AmortizedIAF",
-    "AmortizedFlow",
-    "AutoFlow",
     "AdditiveTransformer",
     "AffineTransformer",
+    "AmortizedFlow",
+    "AmortizedIAF",
+    "AutoFlow",
     "Bijection",
     "BijectionTransform",
+    "bits_per_dim",
     "Chain",
-    "ConvergenceError",
     "Continuous",
+    "Conv1x1",
+    "ConvergenceError",
     "Coupling",
-    "Flow",
-    "FlowDistribution",
+    "dequantize",
+    "FactorOut",
     "FFJORD",
+    "fit",
+    "Flow",
+    "flow_matching_loss",
+    "FlowDistribution",
+    "get_params",
+    "Glow",
     "IAF",
+    "ImageCoupling",
+    "importance_log_weights",
+    "initialize_actnorm",
     "Invert",
-    "LULinear",
     "Logit",
+    "LULinear",
     "MADE",
     "MAF",
-    "MLP",
     "MaskedAutoregressive",
+    "MLP",
+    "multi_scale",
     "NICE",
     "NSF",
     "ODESolveError",
     "Permute",
+    "Planar",
+    "PlanarLayer",
+    "psis_diagnostic",
+    "Radial",
+    "RadialLayer",
     "RealNVP",
+    "refine_lipschitz",
+    "Reshape",
     "ResidualBlock",
     "ResidualFlow",
-    "PlanarLayer",
-    "RadialLayer",
-    "SylvesterLayer",
-    "Planar",
-    "Radial",
-    "Sylvester",
     "Reverse",
     "Scale",
-    "SplineTransformer",
-    "Transformer",
-    "bits_per_dim",
-    "dequantize",
-    "fit",
-    "flow_matching_loss",
-    "get_params",
-    "importance_log_weights",
-    "initialize_actnorm",
-    "psis_diagnostic",
-    "refine_lipschitz",
     "set_params",
+    "SplineTransformer",
+    "Squeeze",
+    "Sylvester",
+    "SylvesterLayer",
     "to_inference_data",
+    "Transformer",
     "with_key",
 ]

@@ -63,6 +63,33 @@ def check_event(name: str, value: Any, features: int) -> Array:
     return value
 
 
+def check_event_shape(name: str, value: Any, shape: tuple[int, ...]) -> Array:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` has shape ``(..., *shape)``
+    (`check_event` for vectors, where ``shape`` is ``(features,)``)."""
+    if len(shape) == 1:
+        return check_event(name, value, shape[0])
+    value = jnp.asarray(value) if not isinstance(value, jax.Array) else value
+    dims = ", ".join(map(str, shape))
+    if value.ndim < len(shape) or tuple(value.shape[value.ndim - len(shape) :]) != shape:
+        raise ValueError(
+            f"{name} must have shape (..., {dims}) (event shape {shape}), "
+            f"got shape {tuple(value.shape)}"
+        )
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating point array, got dtype {value.dtype}")
+    return value
+
+
+def batch_shape_of(value: Array, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The batch shape of ``value``, an event batch of event shape ``shape``."""
+    return tuple(value.shape[: value.ndim - len(shape)])
+
+
+def real_events(ndim: int) -> constraints.Constraint:
+    """The constraint of real events with ``ndim`` dims (``real_vector`` for vectors)."""
+    return constraints.real_vector if ndim == 1 else constraints.independent(constraints.real, ndim)
+
+
 def is_concrete(value: Any) -> bool:
     """Whether ``value`` holds numbers now (not a tracer inside ``jit``, ``vmap`` or ``grad``)."""
     return not isinstance(value, jax.core.Tracer)
@@ -158,8 +185,9 @@ def _checked(method: Callable, name: str) -> Callable:
         value = self.check_input(name, value)
         context = check_context(context, self.context_features)
         if context is not None:
+            shape = self.base_shape if name == "x" else self.event_shape
             try:
-                jnp.broadcast_shapes(value.shape[:-1], context.shape[:-1])
+                jnp.broadcast_shapes(batch_shape_of(value, shape), context.shape[:-1])
             except ValueError:
                 raise ValueError(
                     f"{name} of shape {tuple(value.shape)} and context of shape "
@@ -198,10 +226,27 @@ class Bijection(eqx.Module):
     features: int = eqx.field(static=True)
     context_features: int = eqx.field(static=True)
 
-    #: The sets the forward map goes from and to (NumPyro constraints): the real vectors,
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """Event shape of the data side (the output of ``forward_and_log_det``):
+        ``(features,)`` for vectors, ``(C, H, W)`` for images."""
+        return (self.features,)
+
+    @property
+    def base_shape(self) -> tuple[int, ...]:
+        """Event shape of the base side; differs from `event_shape` only for bijections that
+        reshape, such as `pyroflows.numpyro.Squeeze`."""
+        return self.event_shape
+
+    #: The sets the forward map goes from and to (NumPyro constraints): the real events,
     #: unless a subclass says otherwise (`pyroflows.numpyro.Logit` maps onto an interval).
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
+    @property
+    def domain(self) -> constraints.Constraint:
+        return real_events(len(self.base_shape))
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return real_events(len(self.event_shape))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -214,7 +259,7 @@ class Bijection(eqx.Module):
         """``value`` as an array; raise a ``ValueError`` naming ``name`` unless it has shape
         ``(..., features)`` and a floating dtype. A dtype other than the parameters' is
         promoted with them, as JAX promotes (float32 data into a float64 flow gives float64)."""
-        value = check_event(name, value, self.features)
+        value = check_event_shape(name, value, self.base_shape if name == "x" else self.event_shape)
         dtype = _float_dtype_of(self)
         if dtype is not None and value.dtype != dtype:
             value = value.astype(jnp.promote_types(value.dtype, dtype))
@@ -227,6 +272,14 @@ class Bijection(eqx.Module):
     def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         """Map data -> base; return ``(x, log|det dx/dy|)``."""
         raise NotImplementedError
+
+    def forward_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of ``forward(x)`` for ``x`` of shape ``shape``."""
+        return tuple(shape)[: len(shape) - len(self.base_shape)] + self.event_shape
+
+    def inverse_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of ``inverse(y)`` for ``y`` of shape ``shape``."""
+        return tuple(shape)[: len(shape) - len(self.event_shape)] + self.base_shape
 
     def transform(self, context: Array | None = None) -> BijectionTransform:
         """This bijection, with ``context`` fixed, as a NumPyro ``Transform``."""
@@ -255,6 +308,12 @@ class BijectionTransform(Transform):
     @property
     def codomain(self) -> constraints.Constraint:
         return self.bijection.codomain
+
+    def forward_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.bijection.forward_shape(shape)
+
+    def inverse_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.bijection.inverse_shape(shape)
 
     def __call__(self, x: Array) -> Array:
         return self.bijection.forward_and_log_det(x, self.context)[0]
@@ -324,6 +383,13 @@ def chain_sizes(transforms: Sequence[Any], name: str) -> tuple[int, int]:
         raise ValueError(
             f"{name} must share one event size, got features {[t.features for t in transforms]}"
         )
+    for i in range(len(transforms) - 1):
+        out, into = transforms[i].event_shape, transforms[i + 1].base_shape
+        if out != into:
+            raise ValueError(
+                f"{name}[{i}] gives events of shape {out} but {name}[{i + 1}] takes events of "
+                f"shape {into}"
+            )
     contexts = {t.context_features for t in transforms} - {0}
     if len(contexts) > 1:
         raise ValueError(
@@ -419,6 +485,14 @@ class Stack(Bijection):
     @property
     def codomain(self) -> constraints.Constraint:
         return self.layers[-1].codomain
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.layers[-1].event_shape
+
+    @property
+    def base_shape(self) -> tuple[int, ...]:
+        return self.layers[0].base_shape
 
     def layers_list(self) -> list[Bijection]:
         """The stacked layers one by one, in chain order."""
@@ -537,6 +611,14 @@ class Chain(Bijection):
     def codomain(self) -> constraints.Constraint:
         return self.transforms[-1].codomain
 
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.transforms[-1].event_shape
+
+    @property
+    def base_shape(self) -> tuple[int, ...]:
+        return self.transforms[0].base_shape
+
     def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         return chain_forward(self.transforms, x, context)
 
@@ -572,6 +654,14 @@ class Invert(Bijection):
     @property
     def codomain(self) -> constraints.Constraint:
         return self.bijection.domain
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.bijection.base_shape
+
+    @property
+    def base_shape(self) -> tuple[int, ...]:
+        return self.bijection.event_shape
 
     def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         return self.bijection.inverse_and_log_det(x, context)

@@ -28,10 +28,12 @@ from pyroflows._sampling import chunk_rows
 from pyroflows.numpyro.core import (
     Bijection,
     Chain,
+    batch_shape_of,
     chain_sizes,
     check_context,
-    check_event,
+    check_event_shape,
     is_concrete,
+    real_events,
     stack_runs,
     unstack,
 )
@@ -103,10 +105,12 @@ class Flow(eqx.Module):
         if base is not None:
             if not isinstance(base, Distribution):
                 raise TypeError(f"base must be a NumPyro Distribution, got {type(base).__name__}")
-            if tuple(base.event_shape) != (self.features,):
+            want = transforms[0].base_shape
+            if tuple(base.event_shape) != want:
+                what = "features" if len(want) == 1 else "event shape"
                 raise ValueError(
-                    f"base must have event_shape ({self.features},) to match the transforms' "
-                    f"features, got event_shape {tuple(base.event_shape)}"
+                    f"base must have event_shape {want} to match the transforms' "
+                    f"{what}, got event_shape {tuple(base.event_shape)}"
                 )
         self.base = base
 
@@ -115,11 +119,17 @@ class Flow(eqx.Module):
         """The bijections one by one (`pyroflows.numpyro.core.Stack` blocks expanded)."""
         return unstack(self.transforms)
 
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """Event shape of the data: ``(features,)``, or ``(C, H, W)`` for an image flow."""
+        return self.transforms[-1].event_shape
+
     def base_distribution(self) -> Distribution:
         """The base distribution (held fixed: gradients do not flow into it)."""
         if self.base is None:
-            zeros = jnp.zeros(self.features, _float_dtype(self.transforms))
-            return dist.Normal(zeros, 1.0).to_event(1)
+            shape = self.transforms[0].base_shape
+            zeros = jnp.zeros(shape, _float_dtype(self.transforms))
+            return dist.Normal(zeros, 1.0).to_event(len(shape))
         return jax.tree_util.tree_map(jax.lax.stop_gradient, self.base)
 
     def __call__(self, context: Array | None = None) -> FlowDistribution:
@@ -223,7 +233,8 @@ class FlowDistribution(TransformedDistribution):
         if intermediates is not None:
             z, log_det = intermediates[0]
             return self.base_dist.log_prob(z) - log_det
-        value = check_event("value", value, self.features)
+        shape, base_shape = self.chain.event_shape, self.chain.base_shape
+        value = check_event_shape("value", value, shape)
         # inside jit even a constant value gives a traced check: only a concrete one can raise
         finite = jnp.isfinite(value).all()
         if is_concrete(finite) and not bool(finite):
@@ -232,14 +243,14 @@ class FlowDistribution(TransformedDistribution):
             )
         if self.context is not None:
             try:
-                jnp.broadcast_shapes(value.shape[:-1], self.context.shape[:-1])
+                jnp.broadcast_shapes(batch_shape_of(value, shape), self.context.shape[:-1])
             except ValueError:
                 raise ValueError(
                     f"value of shape {tuple(value.shape)} and context of shape "
                     f"{tuple(self.context.shape)} have batch shapes that do not broadcast"
                 ) from None
         try:
-            batch = jnp.broadcast_shapes(value.shape[:-1], self.batch_shape)
+            batch = jnp.broadcast_shapes(batch_shape_of(value, shape), self.batch_shape)
         except ValueError:
             raise ValueError(
                 f"value of shape {tuple(value.shape)} has a batch shape that does not broadcast "
@@ -248,18 +259,19 @@ class FlowDistribution(TransformedDistribution):
         if math.prod(batch) == 0:  # NumPyro's own distributions fail on empty batches
             return jnp.zeros(batch, jnp.result_type(value.dtype, _float_dtype(self.chain)))
         support, inside = self.support, None
-        if support is not constraints.real_vector:
+        if support is not real_events(len(shape)):
             if self._validate_args:
                 self._validate_sample(value)
             inside = support(value)
             # score a point of the support in their place, then give them -inf
             safe = biject_to(support)(jnp.zeros_like(value))
-            value = jnp.where(inside[..., None], value, safe)
+            value = jnp.where(inside.reshape(inside.shape + (1,) * len(shape)), value, safe)
         z, log_det = self.chain.inverse_and_log_det(value, self.context)
         log_p = self.base_dist.log_prob(z) + log_det
         if inside is not None:
             # the support's closed ends map to infinity in the base: density 0 there
-            log_p = jnp.where(inside & jnp.isfinite(z).all(-1), log_p, -jnp.inf)
+            finite = jnp.isfinite(z).reshape(*z.shape[: z.ndim - len(base_shape)], -1).all(-1)
+            log_p = jnp.where(inside & finite, log_p, -jnp.inf)
         return log_p
 
 

@@ -39,12 +39,13 @@ import jax
 from jax import Array
 from numpyro.distributions import Distribution
 
-from pyroflows import _checks, structure
+from pyroflows import _checks, _image, structure
 from pyroflows._continuous import MAX_STEPS
 from pyroflows.numpyro.autoregressive import MaskedAutoregressive
 from pyroflows.numpyro.continuous import Continuous
 from pyroflows.numpyro.coupling import Coupling
 from pyroflows.numpyro.distributions import Flow
+from pyroflows.numpyro.image import multi_scale
 from pyroflows.numpyro.linear import ActNorm, Scale
 from pyroflows.numpyro.nn import _check_key
 from pyroflows.numpyro.residual import PlanarLayer, RadialLayer, ResidualBlock, SylvesterLayer
@@ -58,6 +59,7 @@ from pyroflows.numpyro.transformers import (
 __all__ = [
     "NICE",
     "RealNVP",
+    "Glow",
     "NSF",
     "MAF",
     "IAF",
@@ -250,34 +252,96 @@ def NSF(  # noqa: N802
 
 
 def RealNVP(  # noqa: N802
-    features: int,
+    features: int | None = None,
     context: int = 0,
     transforms: int = 5,
-    hidden: Sequence[int] = (64, 64),
+    hidden: Sequence[int] | int = (64, 64),
     *,
-    bound: float = 1.0,
+    bound: float | None = None,
     order: str = "random",
     activation: str = "relu",
     base: Distribution | None = None,
+    shape: Sequence[int] | None = None,
+    levels: int = 2,
+    blocks: int = 2,
     key: Array | None = None,
 ) -> Flow:
-    """RealNVP (Dinh et al., 2017): affine coupling layers.
+    """RealNVP (Dinh et al., 2017): affine coupling layers, on vectors or on images.
 
-    Arguments as in `MAF`, except ``order``, which here sets the masks: ``"random"``
-    (default; pairs of layers take a seeded random half of the features and its complement
-    as pass-through features, `pyroflows.structure.paired_random_mask`) or ``"alternate"``
-    (the even and the odd features pass through in turn, the structure of pyroflows 0.1.0
-    and of ``AutoFlow``'s flows). Needs ``features >= 2``.
+    Arguments as in the torch recipe `pyroflows.pyro.RealNVP` (vectors: ``features``,
+    ``order``, ``bound=1``; images: ``shape=(C, H, W)``, ``levels``, ``hidden`` channels,
+    ``blocks``, ``bound=3``, the multi-scale architecture of the paper), and ``key``.
 
     Examples:
         >>> import jax
         >>> import pyroflows.numpyro as pfj
         >>> flow = pfj.RealNVP(features=4, transforms=4, key=jax.random.key(0))
+        >>> image_flow = pfj.RealNVP(
+        ...     shape=(1, 8, 8), levels=2, hidden=16, blocks=1, key=jax.random.key(0)
+        ... )
+        >>> image_flow().sample(jax.random.key(1), (2,)).shape
+        (2, 1, 8, 8)
     """
+    if shape is not None:
+        if features is not None:
+            raise ValueError("give RealNVP either features (vectors) or shape (images), not both")
+        bound = 3.0 if bound is None else bound
+        plan = _image.realnvp_plan(shape, levels)
+        model = multi_scale(
+            plan,
+            context,
+            _image.channels("hidden", hidden),
+            blocks,
+            AffineTransformer(bound),
+            activation,
+            key=_check_key(key, "RealNVP"),
+        )
+        return Flow([model], base)
+    if features is None:
+        raise ValueError("RealNVP needs features (vectors) or shape=(C, H, W) (images)")
+    bound = 1.0 if bound is None else bound
     layers = _coupling(
         features, context, transforms, hidden, AffineTransformer(bound), activation, order, key
     )
     return Flow(layers, base)
+
+
+def Glow(  # noqa: N802
+    shape: Sequence[int],
+    context: int = 0,
+    levels: int = 2,
+    steps: int = 4,
+    hidden: int = 64,
+    *,
+    blocks: int = 1,
+    bound: float = 3.0,
+    activation: str = "relu",
+    base: Distribution | None = None,
+    key: Array | None = None,
+) -> Flow:
+    """Glow (Kingma & Dhariwal, 2018): a multi-scale flow on images ``(C, H, W)``.
+
+    Arguments as in the torch recipe `pyroflows.pyro.Glow`, and ``key``: the same layers,
+    names and parameter layout.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import pyroflows.numpyro as pfj
+        >>> flow = pfj.Glow((1, 8, 8), levels=2, steps=2, hidden=16, key=jax.random.key(0))
+        >>> flow().log_prob(jnp.full((3, 1, 8, 8), 0.5)).shape
+        (3,)
+    """
+    plan = _image.glow_plan(shape, levels, steps)
+    model = multi_scale(
+        plan,
+        context,
+        _image.channels("hidden", hidden),
+        blocks,
+        AffineTransformer(bound),
+        activation,
+        key=_check_key(key, "Glow"),
+    )
+    return Flow([model], base)
 
 
 def NICE(  # noqa: N802

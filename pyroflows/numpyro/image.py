@@ -1,4 +1,5 @@
-"""Preprocessing for discrete data: uniform dequantization, logit preprocessing, bits/dim.
+"""Image structure and preprocessing: squeeze, reshape, factor-out, multi-scale models,
+uniform dequantization, logit preprocessing, bits/dim.
 
 The JAX twin of `pyroflows.pyro.image`.
 """
@@ -6,17 +7,246 @@ The JAX twin of `pyroflows.pyro.image`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from numpyro.distributions import constraints
 
-from pyroflows import _checks
-from pyroflows.numpyro.core import Bijection, _check_size
+from pyroflows import _checks, _image, structure
+from pyroflows.numpyro.core import Bijection, Chain, Invert, _check_size
+from pyroflows.numpyro.transformers import AffineTransformer, Transformer
 
-__all__ = ["Logit", "dequantize", "bits_per_dim"]
+__all__ = [
+    "Logit",
+    "Squeeze",
+    "Reshape",
+    "FactorOut",
+    "multi_scale",
+    "dequantize",
+    "bits_per_dim",
+]
+
+
+class Squeeze(Bijection):
+    """Trade space for channels, the twin of `pyroflows.pyro.Squeeze`: data side
+    ``(C, H, W)``, base side ``(4C, H/2, W/2)``, channel ``4c + 2i + j`` holding pixel
+    ``(2h + i, 2w + j)`` of channel ``c``. Log-det 0.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import pyroflows.numpyro as pfj
+        >>> pfj.Squeeze((1, 4, 4)).inverse_and_log_det(jnp.zeros((2, 1, 4, 4)))[0].shape
+        (2, 4, 2, 2)
+    """
+
+    shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        self.shape = structure.check_image_shape(shape)
+        _image.squeezed(self.shape)
+        self.features, self.context_features = int(np.prod(self.shape)), 0
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    @property
+    def base_shape(self) -> tuple[int, ...]:
+        return _image.squeezed(self.shape)
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        channels, height, width = self.shape
+        batch = x.shape[:-3]
+        b = len(batch)
+        y = x.reshape(*batch, channels, 2, 2, height // 2, width // 2)
+        y = jnp.transpose(y, (*range(b), b, b + 3, b + 1, b + 4, b + 2))
+        return y.reshape(*batch, *self.shape), jnp.zeros(batch, x.dtype)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        channels, height, width = self.shape
+        batch = y.shape[:-3]
+        b = len(batch)
+        x = y.reshape(*batch, channels, height // 2, 2, width // 2, 2)
+        x = jnp.transpose(x, (*range(b), b, b + 2, b + 4, b + 1, b + 3))
+        return x.reshape(*batch, *self.base_shape), jnp.zeros(batch, y.dtype)
+
+
+def _event_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    dims = tuple(shape) if isinstance(shape, Sequence) else (shape,)
+    if not dims or not all(_checks._is_int(d) and d >= 1 for d in dims):
+        raise ValueError(f"{name} must be a tuple of positive ints, got {shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+class Reshape(Bijection):
+    """Reshape events, the twin of `pyroflows.pyro.Reshape`: ``base_shape`` on the base side,
+    ``shape`` on the data side. Log-det 0.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import pyroflows.numpyro as pfj
+        >>> pfj.Reshape((16,), (1, 4, 4)).inverse_and_log_det(jnp.zeros((3, 16)))[0].shape
+        (3, 1, 4, 4)
+    """
+
+    shape: tuple[int, ...] = eqx.field(static=True)
+    from_shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, shape: Sequence[int], base_shape: Sequence[int]) -> None:
+        self.shape = _event_shape("shape", shape)
+        self.from_shape = _event_shape("base_shape", base_shape)
+        if int(np.prod(self.shape)) != int(np.prod(self.from_shape)):
+            raise ValueError(
+                f"shape {self.shape} and base_shape {self.from_shape} must have the same "
+                "number of entries"
+            )
+        self.features, self.context_features = int(np.prod(self.shape)), 0
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    @property
+    def base_shape(self) -> tuple[int, ...]:
+        return self.from_shape
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        batch = x.shape[: x.ndim - len(self.from_shape)]
+        return x.reshape(*batch, *self.shape), jnp.zeros(batch, x.dtype)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        batch = y.shape[: y.ndim - len(self.shape)]
+        return y.reshape(*batch, *self.from_shape), jnp.zeros(batch, y.dtype)
+
+
+class FactorOut(Bijection):
+    """Run ``bijection`` on the first channels of an image, the others unchanged; the twin
+    of `pyroflows.pyro.FactorOut`.
+
+    Examples:
+        >>> import pyroflows.numpyro as pfj
+        >>> layer = pfj.FactorOut((4, 2, 2), pfj.ActNorm((2, 2, 2)))
+    """
+
+    bijection: Bijection
+    shape: tuple[int, ...] = eqx.field(static=True)
+    channels: int = eqx.field(static=True)
+
+    def __init__(self, shape: Sequence[int], bijection: Bijection) -> None:
+        shape = structure.check_image_shape(shape)
+        if not isinstance(bijection, Bijection):
+            raise TypeError(
+                f"bijection must be a pyroflows Bijection, got {type(bijection).__name__}"
+            )
+        inner = bijection.event_shape
+        if (
+            len(inner) != 3
+            or bijection.base_shape != inner
+            or inner[1:] != shape[1:]
+            or not 1 <= inner[0] < shape[0]
+        ):
+            raise ValueError(
+                f"bijection must map images of shape (c, {shape[1]}, {shape[2]}) with "
+                f"c < {shape[0]} to the same shape, got event shapes {bijection.base_shape} "
+                f"(base side) and {inner} (data side)"
+            )
+        self.shape, self.bijection, self.channels = shape, bijection, inner[0]
+        self.features = int(np.prod(shape))
+        self.context_features = bijection.context_features
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    def _apply(self, value: Array, context: Array | None, inverse: bool):
+        head, tail = value[..., : self.channels, :, :], value[..., self.channels :, :, :]
+        step = self.bijection.inverse_and_log_det if inverse else self.bijection.forward_and_log_det
+        head, log_det = step(head, context)
+        tail = jnp.broadcast_to(tail, (*head.shape[:-3], *tail.shape[-3:]))
+        return jnp.concatenate([head, tail], axis=-3), log_det
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._apply(x, context, inverse=False)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._apply(y, context, inverse=True)
+
+
+def multi_scale(
+    plan: _image.Level,
+    context: int = 0,
+    hidden: int = 64,
+    blocks: int = 2,
+    transformer: Transformer | None = None,
+    activation: str = "relu",
+    *,
+    key: Array | None = None,
+) -> Chain:
+    """The multi-scale model of ``plan`` as one `Chain`, the twin of
+    `pyroflows.pyro.multi_scale` (same layers, names and order); ``key`` draws the
+    conditioners' weights.
+
+    Examples:
+        >>> import jax
+        >>> from pyroflows import _image
+        >>> import pyroflows.numpyro as pfj
+        >>> plan = _image.glow_plan((1, 4, 4), levels=1, steps=1)
+        >>> model = pfj.multi_scale(plan, hidden=8, key=jax.random.key(0))
+    """
+    from pyroflows.numpyro.coupling import ImageCoupling
+    from pyroflows.numpyro.linear import ActNorm, Conv1x1
+    from pyroflows.numpyro.nn import _check_key
+
+    keys = iter(jax.random.split(_check_key(key, "multi_scale"), 4096))
+    transformer = AffineTransformer(3.0) if transformer is None else transformer
+
+    def step(spec: tuple, shape: tuple[int, int, int]) -> Bijection:
+        if spec[0] == "coupling":
+            return ImageCoupling(
+                shape,
+                context,
+                spec[1],
+                spec[2],
+                transformer,
+                hidden,
+                blocks,
+                activation,
+                key=next(keys),
+            )
+        if spec[0] == "actnorm":
+            return ActNorm(shape)
+        return Conv1x1(shape, seed=spec[1])
+
+    def build(level: _image.Level) -> Chain:
+        path = [step(spec, level.shape) for spec in level.before]  # data -> base order
+        if level.after or level.inner is not None:
+            inner_shape = _image.squeezed(level.shape)
+            path.append(Squeeze(level.shape))
+            path += [step(spec, inner_shape) for spec in level.after]
+            if level.prior:  # the kept half conditions the half that is factored out
+                path.append(
+                    ImageCoupling(
+                        inner_shape,
+                        context,
+                        "channel",
+                        0,
+                        AffineTransformer(3.0),
+                        hidden,
+                        0,
+                        activation,
+                        key=next(keys),
+                    )
+                )
+            if level.inner is not None:
+                path.append(FactorOut(inner_shape, build(level.inner)))
+            path.append(Invert(Squeeze(level.shape)))
+        return Chain(path[::-1], scan=False)
+
+    return build(plan)
 
 
 class Logit(Bijection):

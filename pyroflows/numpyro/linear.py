@@ -1,6 +1,7 @@
 """Linear bijections: ActNorm, elementwise scaling, LU-parameterised linear maps, permutations.
 
-The JAX twin of `pyroflows.pyro.linear`; all act on vectors and take no context.
+The JAX twin of `pyroflows.pyro.linear`: they act on vectors and take no context; `ActNorm`
+also acts on images (per channel) and `Conv1x1` is Glow's invertible 1x1 convolution.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import numpy as np
 from jax import Array
 
 from pyroflows import structure
-from pyroflows.numpyro.core import Bijection, _check_size
+from pyroflows.numpyro.core import Bijection, _check_size, batch_shape_of
 
-__all__ = ["ActNorm", "Scale", "LULinear", "Permute", "Reverse"]
+__all__ = ["ActNorm", "Scale", "LULinear", "Conv1x1", "Permute", "Reverse"]
 
 
 def _batch_log_det(value: Array, like: Array) -> Array:
@@ -34,7 +35,8 @@ class ActNorm(Bijection):
     marks the layer initialised.
 
     Args:
-        features: Event size.
+        features: Event size, or the image shape ``(C, H, W)``: then ``loc`` and
+            ``log_scale`` have one entry per channel, shared by the pixels (Glow's ActNorm).
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -49,39 +51,65 @@ class ActNorm(Bijection):
     loc: Array
     log_scale: Array
     initialized: bool = eqx.field(static=True)
+    shape: tuple[int, ...] = eqx.field(static=True)
 
-    def __init__(self, features: int, *, initialized: bool = False) -> None:
-        self.features = features = _check_size("features", features, 1)
+    def __init__(self, features: int | Sequence[int], *, initialized: bool = False) -> None:
+        if isinstance(features, int | np.integer):
+            self.features = channels = _check_size("features", features, 1)
+            self.shape = (channels,)
+        else:
+            self.shape = structure.check_image_shape(features, "features")
+            self.features, channels = int(np.prod(self.shape)), self.shape[0]
         self.context_features = 0
-        self.loc = jnp.zeros(features)
-        self.log_scale = jnp.zeros(features)
+        self.loc = jnp.zeros(channels)
+        self.log_scale = jnp.zeros(channels)
         self.initialized = bool(initialized)
 
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    def _view(self, value: Array) -> Array:
+        return value if len(self.shape) == 1 else value[:, None, None]
+
+    def _pixels(self) -> int:
+        return 1 if len(self.shape) == 1 else self.shape[1] * self.shape[2]
+
     def initialize(self, data: Array) -> ActNorm:
-        """A copy with ``loc`` / ``log_scale`` set from ``data`` (``(..., features)``)."""
+        """A copy with ``loc`` / ``log_scale`` set from ``data`` (``(..., *event_shape)``); a
+        feature (channel) that is constant in ``data`` is only centred, its scale kept 1."""
         data = jnp.asarray(data)
-        flat = jnp.reshape(data, (data.size // self.features, self.features))
+        channels = self.loc.shape[0]
+        if len(self.shape) == 1:
+            flat = jnp.reshape(data, (data.size // channels, channels))
+        else:
+            per = jnp.reshape(data, (-1, channels, self._pixels()))
+            flat = jnp.moveaxis(per, 1, 0).reshape(channels, -1).T
         if flat.shape[0] < 2:
             return self
         std = jnp.std(flat, axis=0, ddof=1)
-        return self.with_values(flat.mean(0), jnp.log(jnp.maximum(std, 1e-6)))
+        return self.with_values(flat.mean(0), jnp.log(jnp.where(std > 1e-6, std, 1.0)))
 
     def with_values(self, loc: Array, log_scale: Array) -> ActNorm:
         """A copy holding ``loc`` and ``log_scale``, marked initialised."""
-        layer = ActNorm(self.features, initialized=True)
+        layer = ActNorm(self.shape if len(self.shape) > 1 else self.features, initialized=True)
         return eqx.tree_at(
             lambda m: (m.loc, m.log_scale),
             layer,
             (jnp.asarray(loc, self.loc.dtype), jnp.asarray(log_scale, self.log_scale.dtype)),
         )
 
+    def _log_det(self, sign: float, like: Array) -> Array:
+        total = self.log_scale.sum() * (sign * self._pixels())
+        return jnp.broadcast_to(total, batch_shape_of(like, self.shape))
+
     def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
-        y = x * jnp.exp(self.log_scale) + self.loc
-        return y, _batch_log_det(self.log_scale.sum(), x)
+        y = x * jnp.exp(self._view(self.log_scale)) + self._view(self.loc)
+        return y, self._log_det(1.0, x)
 
     def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
-        x = (y - self.loc) * jnp.exp(-self.log_scale)
-        return x, _batch_log_det(-self.log_scale.sum(), y)
+        x = (y - self._view(self.loc)) * jnp.exp(-self._view(self.log_scale))
+        return x, self._log_det(-1.0, y)
 
 
 class Scale(Bijection):
@@ -155,6 +183,81 @@ class LULinear(Bijection):
         z = jax.scipy.linalg.solve_triangular(lower, rows, lower=True, unit_diagonal=True)
         x = jax.scipy.linalg.solve_triangular(upper, z, lower=False)
         return x.T.reshape(y.shape), _batch_log_det(-self.log_diagonal.sum(), y)
+
+
+class Conv1x1(Bijection):
+    """Invertible 1x1 convolution (Glow), the twin of `pyroflows.pyro.Conv1x1`.
+
+    The matrix is ``P L U`` with a fixed seeded permutation ``P`` (``seed=None``: none),
+    ``L`` unit-lower, ``U`` upper triangular with diagonal ``exp(log_diagonal)``;
+    ``log|det| = H * W * sum(log_diagonal)``. Parameters ``lower``, ``upper``,
+    ``log_diagonal``, as in torch.
+
+    Args:
+        shape: Image shape ``(C, H, W)``.
+        seed: numpy seed of the fixed permutation, or ``None``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import pyroflows.numpyro as pfj
+        >>> y, log_det = pfj.Conv1x1((3, 4, 4)).forward_and_log_det(jnp.ones((2, 3, 4, 4)))
+    """
+
+    lower: Array
+    upper: Array
+    log_diagonal: Array
+    order: Array
+    unorder: Array
+    shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, shape: Sequence[int], seed: int | None = 0) -> None:
+        self.shape = structure.check_image_shape(shape)
+        self.features, self.context_features = int(np.prod(self.shape)), 0
+        channels = self.shape[0]
+        self.lower = jnp.zeros((channels, channels))
+        self.upper = jnp.zeros((channels, channels))
+        self.log_diagonal = jnp.zeros(channels)
+        order = np.arange(channels) if seed is None else structure.permutation(channels, seed)
+        self.order = jnp.asarray(order, dtype=jnp.int32)
+        self.unorder = jnp.asarray(structure.inverse_permutation(order), dtype=jnp.int32)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    def factors(self) -> tuple[Array, Array]:
+        """The triangular factors ``(L, U)``."""
+        eye = jnp.eye(self.shape[0], dtype=self.lower.dtype)
+        lower = jnp.tril(self.lower, -1) + eye
+        upper = jnp.triu(self.upper, 1) + jnp.diag(jnp.exp(self.log_diagonal))
+        return lower, upper
+
+    def weight(self) -> Array:
+        """The ``(C, C)`` matrix ``P L U``."""
+        lower, upper = self.factors()
+        return jnp.take(lower @ upper, self.order, axis=0)
+
+    def _log_det(self, sign: float, like: Array) -> Array:
+        pixels = self.shape[1] * self.shape[2]
+        total = self.log_diagonal.sum() * (sign * pixels)
+        return jnp.broadcast_to(total, batch_shape_of(like, self.shape))
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        y = jnp.einsum("ij,...jhw->...ihw", self.weight(), x)
+        return y, self._log_det(1.0, x)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        lower, upper = self.factors()
+        channels, height, width = self.shape
+        # channels first, unpermuted, every pixel of every event a column: L U x = P^T y
+        rows = jnp.moveaxis(
+            jnp.take(y, self.unorder, axis=-3).reshape(-1, channels, height * width), 1, 0
+        )
+        rows = rows.reshape(channels, -1)
+        z = jax.scipy.linalg.solve_triangular(lower, rows, lower=True, unit_diagonal=True)
+        x = jax.scipy.linalg.solve_triangular(upper, z, lower=False)
+        x = jnp.moveaxis(x.reshape(channels, -1, height * width), 0, 1).reshape(y.shape)
+        return x, self._log_det(-1.0, y)
 
 
 class Permute(Bijection):

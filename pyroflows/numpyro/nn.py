@@ -36,6 +36,8 @@ __all__ = [
     "power_iterate",
     "refine_lipschitz",
     "LIPSCHITZ_ACTIVATIONS",
+    "Conv3x3",
+    "ConvResNet",
 ]
 
 _ACTIVATIONS = {
@@ -96,6 +98,92 @@ class Linear(eqx.Module):
 
     def __call__(self, x: Array) -> Array:
         return x @ self.weight.T + self.bias
+
+
+class Conv3x3(eqx.Module):
+    """A 3x3 convolution with padding 1 on ``(N, C, H, W)``, stored as torch stores it:
+    ``weight`` ``(out, in, 3, 3)`` and ``bias`` ``(out,)``, torch's default initialisation.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        key: Random key (keyword only).
+        zero: Initialise weight and bias at zero.
+    """
+
+    weight: Array
+    bias: Array
+
+    def __init__(self, in_channels: int, out_channels: int, *, key: Array, zero: bool = False):
+        shape = (out_channels, in_channels, 3, 3)
+        if zero:
+            self.weight, self.bias = jnp.zeros(shape), jnp.zeros((out_channels,))
+            return
+        bound = 1 / np.sqrt(max(in_channels * 9, 1))
+        wkey, bkey = jax.random.split(key)
+        self.weight = jax.random.uniform(wkey, shape, minval=-bound, maxval=bound)
+        self.bias = jax.random.uniform(bkey, (out_channels,), minval=-bound, maxval=bound)
+
+    def __call__(self, x: Array) -> Array:
+        out = jax.lax.conv_general_dilated(
+            x,
+            self.weight.astype(x.dtype),
+            (1, 1),
+            ((1, 1), (1, 1)),
+            dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        )
+        return out + self.bias.astype(x.dtype)[:, None, None]
+
+
+class ConvResNet(eqx.Module):
+    """A small convolutional ResNet, the twin of `pyroflows.pyro.nn.ConvResNet`: ``input``
+    (3x3 conv to ``hidden`` channels), ``blocks`` residual blocks
+    (``x + conv(act(conv(act(x))))``) and a zero-initialised ``output`` conv; the same
+    parameter names and layouts as in torch.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from pyroflows.numpyro.nn import ConvResNet
+        >>> net = ConvResNet(2, 4, hidden=8, blocks=1, key=jax.random.key(0))
+        >>> net(jnp.ones((5, 2, 6, 6))).shape
+        (5, 4, 6, 6)
+    """
+
+    input: Conv3x3
+    blocks: tuple[tuple[Conv3x3, Conv3x3], ...]
+    output: Conv3x3
+    activation: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        blocks: int = 2,
+        activation: str = "relu",
+        *,
+        key: Array | None = None,
+    ) -> None:
+        key = _check_key(key, "ConvResNet")
+        hidden = _checks.check_int("hidden", hidden, 1)
+        blocks = _checks.check_int("blocks", blocks, 0)
+        get_activation(activation)
+        keys = iter(jax.random.split(key, 2 + 2 * blocks))
+        self.input = Conv3x3(in_channels, hidden, key=next(keys))
+        self.blocks = tuple(
+            (Conv3x3(hidden, hidden, key=next(keys)), Conv3x3(hidden, hidden, key=next(keys)))
+            for _ in range(blocks)
+        )
+        self.output = Conv3x3(hidden, out_channels, key=next(keys), zero=True)
+        self.activation = activation
+
+    def __call__(self, x: Array) -> Array:
+        """``(N, in_channels, H, W) -> (N, out_channels, H, W)``."""
+        act = get_activation(self.activation)
+        h = self.input(x)
+        for first, second in self.blocks:
+            h = h + second(act(first(act(h))))
+        return self.output(act(h))
 
 
 class MaskedLinear(eqx.Module):

@@ -45,6 +45,7 @@ from pyroflows.numpyro.continuous import (
 )
 from pyroflows.numpyro.core import Bijection, Chain, Invert, Stack, _member_context
 from pyroflows.numpyro.distributions import Flow, _float_dtype
+from pyroflows.numpyro.image import FactorOut
 from pyroflows.numpyro.linear import ActNorm
 from pyroflows.numpyro.nn import refine_lipschitz
 from pyroflows.numpyro.params import _name
@@ -53,15 +54,23 @@ from pyroflows.numpyro.residual import with_key
 __all__ = ["fit", "initialize_actnorm"]
 
 
-def _as_array(name: str, value: Any, dtype, features: int) -> Array:
+def _event(flow: Flow) -> int | tuple[int, ...]:
+    """The flow's event size (vectors) or event shape (images)."""
+    shape = tuple(flow.event_shape)
+    return shape[0] if len(shape) == 1 else shape
+
+
+def _as_array(name: str, value: Any, dtype, features: int | tuple[int, ...]) -> Array:
     array = np.asarray(value)
-    if array.ndim != 2 or array.shape[-1] != features:
-        raise ValueError(f"{name} must have shape (n, {features}), got shape {array.shape}")
+    event = (features,) if isinstance(features, int) else tuple(features)
+    if array.ndim != 1 + len(event) or tuple(array.shape[1:]) != event:
+        want = ", ".join(map(str, event))
+        raise ValueError(f"{name} must have shape (n, {want}), got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
     finite = np.isfinite(array)
     if not finite.all():
-        bad = int((~finite).any(-1).sum())
+        bad = int((~finite).reshape(array.shape[0], -1).any(-1).sum()) if array.size else 0
         raise ValueError(
             f"{name} holds non-finite values (NaN or inf) in {bad} rows (shape {array.shape})"
         )
@@ -81,7 +90,7 @@ def _adam(lr: float, weight_decay: float, clip_grad: float | None) -> optax.Grad
 
 def _data_and_context(flow: Flow, data: Any, context: Any, dtype) -> tuple[Array, Array | None]:
     """Check ``data`` and ``context`` against the flow; return them as arrays."""
-    data = _as_array("data", data, dtype, flow.features)
+    data = _as_array("data", data, dtype, _event(flow))
     check_rows("data", data.shape)
     if flow.context_features:
         if context is None:
@@ -114,7 +123,7 @@ def _validation_set(validation: Any, flow: Flow, dtype) -> tuple[Array, Array | 
         val_data, val_context = validation
     else:
         val_data, val_context = validation, None
-    val_data = _as_array("validation data", val_data, dtype, flow.features)
+    val_data = _as_array("validation data", val_data, dtype, _event(flow))
     check_rows("validation data", val_data.shape)
     if flow.context_features:
         if val_context is None:
@@ -175,6 +184,11 @@ def _init_pass(
         elif isinstance(t, Stack):
             layers, y = _init_members(t.layers_list(), y, context, inverse)
             return Stack(layers, t.period), y
+        elif isinstance(t, FactorOut):  # the inner bijection sees the first channels
+            head, tail = y[..., : t.channels, :, :], y[..., t.channels :, :, :]
+            inner, head = _init_pass(t.bijection, head, context, inverse)
+            tail = jnp.broadcast_to(tail, (*head.shape[:-3], *tail.shape[-3:]))
+            return eqx.tree_at(lambda m: m.bijection, t, inner), jnp.concatenate([head, tail], -3)
         elif not isinstance(t, ActNorm):
             warnings.warn(
                 f"initialize_actnorm cannot look inside a {type(t).__name__}: its ActNorm "
@@ -349,7 +363,8 @@ def fit(
 
     Args:
         flow: The flow to train.
-        data: Array-like ``(n, features)`` with ``n >= 1``.
+        data: Array-like ``(n, features)`` with ``n >= 1`` (``(n, C, H, W)`` for an image
+            flow).
         context: Array-like ``(n, context)`` for a conditional flow, else ``None``.
         epochs: Maximum number of passes over the training data (int >= 1).
         batch_size: Minibatch size (int >= 1).

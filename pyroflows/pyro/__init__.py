@@ -28,7 +28,15 @@ from pyroflows.pyro.flows import (
     ResidualFlow,
     Sylvester,
 )
-from pyroflows.pyro.image import FactorOut, Logit, Squeeze, bits_per_dim, dequantize, multi_scale
+from pyroflows.pyro.image import (
+    FactorOut,
+    Logit,
+    Reshape,
+    Squeeze,
+    bits_per_dim,
+    dequantize,
+    multi_scale,
+)
 from pyroflows.pyro.infer import AutoFlow
 from pyroflows.pyro.linear import ActNorm, Conv1x1, LULinear, Permute, Reverse, Scale
 from pyroflows.pyro.nn import MADE, MLP
@@ -89,6 +97,7 @@ __all__ = [
     "Planar",
     "Radial",
     "Sylvester",
+    "Reshape",
     "Reverse",
     "Scale",
     "Squeeze",

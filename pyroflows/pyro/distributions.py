@@ -293,6 +293,7 @@ class FlowDistribution(TransformedDistribution):
         self.bijections = list(transforms)
         self.features, self.context_features = chain_sizes(self.bijections, "transforms")
         self._shape = self.bijections[-1].event_shape
+        self._base_shape = self.bijections[0].base_shape
         self._like = next((t for t in map(first_tensor, self.bijections) if t is not None), None)
         self.context = check_context(context, self.context_features)
         if context is not None:
@@ -393,6 +394,6 @@ class FlowDistribution(TransformedDistribution):
         log_p = self.base_dist.log_prob(z) + log_det
         if inside is not None:
             # the support's closed ends map to infinity in the base: density 0 there
-            finite = torch.isfinite(z).flatten(-len(self._shape)).all(-1)
+            finite = torch.isfinite(z).flatten(-len(self._base_shape)).all(-1)
             log_p = log_p.masked_fill(~inside | ~finite, -math.inf)
         return log_p

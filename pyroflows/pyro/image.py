@@ -27,7 +27,15 @@ from pyroflows import _checks, _image, structure
 from pyroflows.pyro.core import Bijection, Chain, Invert
 from pyroflows.pyro.transformers import AffineTransformer, Transformer, softplus
 
-__all__ = ["Logit", "Squeeze", "FactorOut", "multi_scale", "dequantize", "bits_per_dim"]
+__all__ = [
+    "Logit",
+    "Squeeze",
+    "Reshape",
+    "FactorOut",
+    "multi_scale",
+    "dequantize",
+    "bits_per_dim",
+]
 
 
 class Squeeze(Bijection):
@@ -74,6 +82,54 @@ class Squeeze(Bijection):
         b = len(batch)  # (..., C, h, i, w, j) -> (..., C, i, j, h, w)
         x = x.permute(*range(b), b, b + 2, b + 4, b + 1, b + 3)
         return x.reshape(*batch, *self.base_shape), y.new_zeros(batch)
+
+
+class Reshape(Bijection):
+    """Reshape events: ``base_shape`` on the base side, ``shape`` on the data side. Log-det 0.
+
+    It lets an image flow model flattened data (or a vector flow follow an image flow):
+    ``Flow([glow_model, Reshape((64,), (1, 8, 8)), Logit(64)])`` has a standard normal base
+    of shape ``(1, 8, 8)`` and takes data of shape ``(..., 64)``.
+
+    Args:
+        shape: Event shape of the data side.
+        base_shape: Event shape of the base side, of the same size.
+
+    Examples:
+        >>> import torch
+        >>> import pyroflows.pyro as pf
+        >>> z, _ = pf.Reshape((16,), (1, 4, 4)).inverse_and_log_det(torch.zeros(3, 16))
+        >>> z.shape
+        torch.Size([3, 1, 4, 4])
+    """
+
+    def __init__(self, shape: Sequence[int], base_shape: Sequence[int]) -> None:
+        shape, base_shape = _event_shape("shape", shape), _event_shape("base_shape", base_shape)
+        size = int(np.prod(shape))
+        if size != int(np.prod(base_shape)):
+            raise ValueError(
+                f"shape {shape} and base_shape {base_shape} must have the same number of entries"
+            )
+        super().__init__(size, shape=shape, base_shape=base_shape)
+
+    def forward_and_log_det(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        batch = x.shape[: x.dim() - len(self.base_shape)]
+        return x.reshape(*batch, *self.event_shape), x.new_zeros(batch)
+
+    def inverse_and_log_det(
+        self, y: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        batch = y.shape[: y.dim() - len(self.event_shape)]
+        return y.reshape(*batch, *self.base_shape), y.new_zeros(batch)
+
+
+def _event_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    dims = tuple(shape) if isinstance(shape, Sequence) else (shape,)
+    if not dims or not all(_checks._is_int(d) and d >= 1 for d in dims):
+        raise ValueError(f"{name} must be a tuple of positive ints, got {shape!r}")
+    return tuple(int(d) for d in dims)
 
 
 class FactorOut(Bijection):
