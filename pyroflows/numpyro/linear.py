@@ -79,7 +79,7 @@ class ActNorm(Bijection):
         """A copy with ``loc`` / ``log_scale`` set from ``data`` (``(..., *event_shape)``); a
         feature (channel) that is constant in ``data`` is only centred, its scale kept 1."""
         data = jnp.asarray(data)
-        channels = self.loc.shape[0]
+        channels = self.shape[0]  # (not loc's first axis: that is the steps of a Stack)
         if len(self.shape) == 1:
             flat = jnp.reshape(data, (data.size // channels, channels))
         else:
