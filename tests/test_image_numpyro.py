@@ -218,3 +218,19 @@ def test_fit_trains_a_glow_on_images():
     assert history["train"][-1] < history["train"][0] - 0.5
     with pytest.raises(ValueError, match=r"must have shape \(n, 1, 4, 4\)"):
         pfj.fit(flow, images.reshape(256, 16), epochs=1, progress=False)
+
+
+def test_encode_decode_and_temperature_sampling():
+    flow, _ = twins(RECIPES[-1])
+    c = jnp.asarray(np.random.RandomState(8).randn(2))
+    x = flow(c).sample(jax.random.key(0), (5,))
+    z = flow.encode(x, c)
+    assert z.shape == (5, 1, 4, 4)
+    np.testing.assert_allclose(flow.decode(z, c), x, atol=1e-9)
+    mode = flow.sample_at_temperature(jax.random.key(1), (3,), 0.0, c)
+    np.testing.assert_allclose(mode, flow.decode(jnp.zeros((3, 1, 4, 4)), c), atol=1e-12)
+    cold = flow.sample_at_temperature(jax.random.key(2), (4000,), 0.5, c)
+    assert abs(float(flow.encode(cold, c).std()) - 0.5) < 0.02
+    laplace = dist.Laplace(jnp.zeros((1, 4, 4)), 1.0).to_event(3)
+    with pytest.raises(ValueError, match="custom base"):
+        pfj.Flow(flow.transforms, base=laplace).sample_at_temperature(jax.random.key(3), (2,))

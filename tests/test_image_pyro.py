@@ -314,3 +314,28 @@ def test_fit_trains_a_glow_on_images():
     nll_independent = -float(independent.log_prob(test).mean())
     assert history["train"][-1] < history["train"][0]
     assert nll_flow < nll_independent - 5.0  # the flow has learnt the pixels' correlation
+
+
+def test_encode_decode_and_temperature_sampling():
+    torch.manual_seed(0)
+    flow = pf.Glow((1, 4, 4), context=2, levels=2, steps=1, hidden=4)
+    flow.eval()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    c = torch.randn(2)
+    x = flow(c).sample((5,))
+    z = flow.encode(x, c)
+    assert z.shape == (5, 1, 4, 4)
+    assert_close(flow.decode(z, c), x, 1e-5, "decode(encode(x))")
+    # temperature 0 is the image of the base's mode; the base draws scale with temperature
+    mode = flow.sample_at_temperature((3,), 0.0, c)
+    assert_close(mode, flow.decode(torch.zeros(3, 1, 4, 4), c), 1e-6, "temperature 0")
+    cold = flow.sample_at_temperature((4000,), 0.5, c)
+    spread = float(flow.encode(cold, c).std())
+    assert abs(spread - 0.5) < 0.02, spread
+    laplace = dist.Laplace(torch.zeros(1, 4, 4), 1.0).to_event(3)
+    with pytest.raises(ValueError, match="custom base"):
+        pf.Flow(list(flow.transforms), base=laplace).sample_at_temperature((2,), 0.5, c)
+    with pytest.raises(ValueError, match="temperature"):
+        flow.sample_at_temperature((2,), -1.0, c)

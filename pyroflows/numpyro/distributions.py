@@ -24,6 +24,7 @@ from numpyro.distributions import Distribution, TransformedDistribution, constra
 from numpyro.distributions.batch_util import promote_batch_shape
 from numpyro.distributions.transforms import biject_to
 
+from pyroflows import _checks
 from pyroflows._sampling import chunk_rows
 from pyroflows.numpyro.core import (
     Bijection,
@@ -136,6 +137,55 @@ class Flow(eqx.Module):
         """The flow's distribution, conditioned on ``context`` if the flow has one."""
         context = check_context(context, self.context_features)
         return FlowDistribution(self.base_distribution(), Chain(self.transforms), context)
+
+    def encode(self, x: Array, context: Array | None = None) -> Array:
+        """The base point (latent) of data ``x``: the chain's inverse (data -> base).
+
+        Examples:
+            >>> import jax, jax.numpy as jnp
+            >>> import pyroflows.numpyro as pfj
+            >>> flow = pfj.Glow((1, 4, 4), levels=1, steps=1, hidden=8, key=jax.random.key(0))
+            >>> x = jnp.full((2, 1, 4, 4), 0.5)
+            >>> bool(jnp.allclose(flow.decode(flow.encode(x)), x, atol=1e-5))
+            True
+        """
+        return Chain(self.transforms).inverse_and_log_det(
+            x, check_context(context, self.context_features)
+        )[0]
+
+    def decode(self, z: Array, context: Array | None = None) -> Array:
+        """The data point of a base point ``z``: the chain's forward map (base -> data)."""
+        return Chain(self.transforms).forward_and_log_det(
+            z, check_context(context, self.context_features)
+        )[0]
+
+    def sample_at_temperature(
+        self,
+        key: Array,
+        sample_shape: tuple[int, ...] = (),
+        temperature: float = 1.0,
+        context: Array | None = None,
+    ) -> Array:
+        """Draws with the base noise scaled by ``temperature`` (``z ~ N(0, temperature^2)``,
+        then `decode`), as in torch. Needs the default standard normal base.
+
+        Examples:
+            >>> import jax
+            >>> import pyroflows.numpyro as pfj
+            >>> flow = pfj.Glow((1, 4, 4), levels=1, steps=1, hidden=8, key=jax.random.key(0))
+            >>> flow.sample_at_temperature(jax.random.key(1), (3,), temperature=0.7).shape
+            (3, 1, 4, 4)
+        """
+        temperature = _checks.check_positive("temperature", temperature, allow_zero=True)
+        if self.base is not None:
+            raise ValueError(
+                "sample_at_temperature scales a standard normal base; this flow has a custom "
+                f"base ({type(self.base).__name__}): scale its draws yourself and call "
+                "flow.decode"
+            )
+        d = self(context)
+        z = d.base_dist.sample(check_key(key, "sample_at_temperature"), tuple(sample_shape))
+        return d.chain.forward_and_log_det(z * temperature, d.context)[0]
 
 
 #: Draws of more events than this go through the flow in chunks of about this many events

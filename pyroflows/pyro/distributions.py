@@ -19,6 +19,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, Transform, biject_to, constraints
 
+from pyroflows import _checks
 from pyroflows._sampling import chunk_rows
 from pyroflows.pyro.core import (
     Bijection,
@@ -233,6 +234,51 @@ class Flow(nn.Module):
         context = check_context(context, self.context_features)
         return FlowDistribution(self.base_distribution(), self.transforms, context)
 
+    def encode(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """The base point (latent) of data ``x``: the chain's inverse (data -> base).
+
+        Examples:
+            >>> import torch
+            >>> import pyroflows.pyro as pf
+            >>> flow = pf.Glow((1, 4, 4), levels=1, steps=1, hidden=8)
+            >>> x = torch.rand(2, 1, 4, 4)
+            >>> bool(torch.allclose(flow.decode(flow.encode(x)), x, atol=1e-5))
+            True
+        """
+        return self(context).bijections_inverse(x)
+
+    def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """The data point of a base point ``z``: the chain's forward map (base -> data)."""
+        return self(context).bijections_forward(z)
+
+    def sample_at_temperature(
+        self,
+        sample_shape: Size | tuple = (),
+        temperature: float = 1.0,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        """Draws with the base noise scaled by ``temperature`` (Glow's reduced-temperature
+        samples: ``z ~ N(0, temperature^2)``, then `decode`), without gradients. Needs the
+        default standard normal base; ``temperature=1`` is ``flow(context).sample``.
+
+        Examples:
+            >>> import pyroflows.pyro as pf
+            >>> flow = pf.Glow((1, 4, 4), levels=1, steps=1, hidden=8)
+            >>> flow.sample_at_temperature((3,), temperature=0.7).shape
+            torch.Size([3, 1, 4, 4])
+        """
+        temperature = _checks.check_positive("temperature", temperature, allow_zero=True)
+        if self.base is not None:
+            raise ValueError(
+                "sample_at_temperature scales a standard normal base; this flow has a custom "
+                f"base ({type(self.base._template).__name__}): scale its draws yourself and "
+                "call flow.decode"
+            )
+        d = self(context)
+        with torch.no_grad():
+            z = d.base_dist.sample(Size(sample_shape)) * temperature
+            return d.bijections_forward(z)
+
     def extra_repr(self) -> str:
         text = f"features={self.features}"
         if len(self.event_shape) != 1:
@@ -320,6 +366,18 @@ class FlowDistribution(TransformedDistribution):
         if context is not None:
             context = context.expand(*batch_shape, context.shape[-1])
         return type(self)(self.base_dist.expand(batch_shape), self.bijections, context)
+
+    def bijections_forward(self, z: Tensor) -> Tensor:
+        """The chain's forward map of base points ``z`` (checked), with the context."""
+        check_event_shape("z", z, self._base_shape)
+        check_dtype("z", z, self._like)
+        return chain_forward(self.bijections, z, self.context)[0]
+
+    def bijections_inverse(self, x: Tensor) -> Tensor:
+        """The chain's inverse of data points ``x`` (checked): their base points."""
+        check_event_shape("x", x, self._shape)
+        check_dtype("x", x, self._like)
+        return chain_inverse(self.bijections, x, self.context)[0]
 
     def _forward(self, z: Tensor) -> Tensor:
         check_dtype("the base distribution's sample", z, self._like)
