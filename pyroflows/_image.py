@@ -47,6 +47,15 @@ def channels(name: str, hidden: object) -> int:
     return _checks.check_int(name, hidden, 1)
 
 
+def event_shape(name: str, shape: object) -> tuple[int, ...]:
+    """``shape`` as a tuple of positive ints (an int is a 1-tuple); ``ValueError`` naming
+    ``name`` otherwise."""
+    dims = tuple(shape) if isinstance(shape, Sequence) else (shape,)
+    if not dims or not all(_checks._is_int(d) and d >= 1 for d in dims):
+        raise ValueError(f"{name} must be a tuple of positive ints, got {shape!r}")
+    return tuple(int(d) for d in dims)
+
+
 def squeezed(shape: Sequence[int]) -> tuple[int, int, int]:
     """``(C, H, W) -> (4C, H/2, W/2)``; ``ValueError`` unless H and W are even."""
     channels, height, width = structure.check_image_shape(shape)

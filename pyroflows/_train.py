@@ -249,6 +249,12 @@ def check_fit_options(
     )
 
 
+def event_of(flow: object) -> int | tuple[int, ...]:
+    """A flow's event size (vectors) or event shape (images): what a data row must be."""
+    shape = tuple(flow.event_shape)  # type: ignore[attr-defined]
+    return shape[0] if len(shape) == 1 else shape
+
+
 def check_rows(name: str, shape: Sequence[int]) -> None:
     """Raise ``ValueError`` when an ``(n, features)`` array named ``name`` has no rows."""
     if shape[0] == 0:

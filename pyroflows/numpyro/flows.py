@@ -251,6 +251,23 @@ def NSF(  # noqa: N802
     return Flow(layers, base)
 
 
+def _image_flow(
+    plan: _image.Level,
+    context: int,
+    hidden: Sequence[int] | int,
+    blocks: int,
+    bound: float,
+    activation: str,
+    base: Distribution | None,
+    key: Array,
+) -> Flow:
+    """The multi-scale image recipes: ``plan`` as one bijection, affine couplings."""
+    channels = _image.channels("hidden", hidden)
+    transformer = AffineTransformer(bound)
+    model = multi_scale(plan, context, channels, blocks, transformer, activation, key=key)
+    return Flow([model], base)
+
+
 def RealNVP(  # noqa: N802
     features: int | None = None,
     context: int = 0,
@@ -287,16 +304,8 @@ def RealNVP(  # noqa: N802
             raise ValueError("give RealNVP either features (vectors) or shape (images), not both")
         bound = 3.0 if bound is None else bound
         plan = _image.realnvp_plan(shape, levels)
-        model = multi_scale(
-            plan,
-            context,
-            _image.channels("hidden", hidden),
-            blocks,
-            AffineTransformer(bound),
-            activation,
-            key=_check_key(key, "RealNVP"),
-        )
-        return Flow([model], base)
+        key = _check_key(key, "RealNVP")
+        return _image_flow(plan, context, hidden, blocks, bound, activation, base, key)
     if features is None:
         raise ValueError("RealNVP needs features (vectors) or shape=(C, H, W) (images)")
     bound = 1.0 if bound is None else bound
@@ -332,16 +341,8 @@ def Glow(  # noqa: N802
         (3,)
     """
     plan = _image.glow_plan(shape, levels, steps)
-    model = multi_scale(
-        plan,
-        context,
-        _image.channels("hidden", hidden),
-        blocks,
-        AffineTransformer(bound),
-        activation,
-        key=_check_key(key, "Glow"),
-    )
-    return Flow([model], base)
+    key = _check_key(key, "Glow")
+    return _image_flow(plan, context, hidden, blocks, bound, activation, base, key)
 
 
 def NICE(  # noqa: N802

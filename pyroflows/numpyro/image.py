@@ -75,13 +75,6 @@ class Squeeze(Bijection):
         return x.reshape(*batch, *self.base_shape), jnp.zeros(batch, y.dtype)
 
 
-def _event_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
-    dims = tuple(shape) if isinstance(shape, Sequence) else (shape,)
-    if not dims or not all(_checks._is_int(d) and d >= 1 for d in dims):
-        raise ValueError(f"{name} must be a tuple of positive ints, got {shape!r}")
-    return tuple(int(d) for d in dims)
-
-
 class Reshape(Bijection):
     """Reshape events, the twin of `pyroflows.pyro.Reshape`: ``base_shape`` on the base side,
     ``shape`` on the data side. Log-det 0.
@@ -97,8 +90,8 @@ class Reshape(Bijection):
     from_shape: tuple[int, ...] = eqx.field(static=True)
 
     def __init__(self, shape: Sequence[int], base_shape: Sequence[int]) -> None:
-        self.shape = _event_shape("shape", shape)
-        self.from_shape = _event_shape("base_shape", base_shape)
+        self.shape = _image.event_shape("shape", shape)
+        self.from_shape = _image.event_shape("base_shape", base_shape)
         if int(np.prod(self.shape)) != int(np.prod(self.from_shape)):
             raise ValueError(
                 f"shape {self.shape} and base_shape {self.from_shape} must have the same "

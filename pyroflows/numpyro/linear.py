@@ -84,7 +84,7 @@ class ActNorm(Bijection):
             flat = jnp.reshape(data, (data.size // channels, channels))
         else:
             per = jnp.reshape(data, (-1, channels, self._pixels()))
-            flat = jnp.moveaxis(per, 1, 0).reshape(channels, -1).T
+            flat = jnp.swapaxes(per, 1, 2).reshape(-1, channels)
         if flat.shape[0] < 2:
             return self
         std = jnp.std(flat, axis=0, ddof=1)

@@ -71,6 +71,17 @@ def _check_key(key: Array | None, owner: str) -> Array:
     return key
 
 
+def _torch_init(shape: tuple[int, ...], fan_in: int, key: Array, zero: bool):
+    """``(weight, bias)`` as torch initialises a linear or conv layer: ``U(-b, b)`` with
+    ``b = 1 / sqrt(fan_in)`` for both (zeros with ``zero``); ``bias`` of shape ``shape[:1]``."""
+    if zero:
+        return jnp.zeros(shape), jnp.zeros(shape[:1])
+    bound = 1 / np.sqrt(max(fan_in, 1))
+    wkey, bkey = jax.random.split(key)
+    weight = jax.random.uniform(wkey, shape, minval=-bound, maxval=bound)
+    return weight, jax.random.uniform(bkey, shape[:1], minval=-bound, maxval=bound)
+
+
 class Linear(eqx.Module):
     """``y = x @ weight.T + bias`` with torch's default initialisation.
 
@@ -85,16 +96,8 @@ class Linear(eqx.Module):
     bias: Array
 
     def __init__(self, in_features: int, out_features: int, *, key: Array, zero: bool = False):
-        if zero:
-            self.weight = jnp.zeros((out_features, in_features))
-            self.bias = jnp.zeros((out_features,))
-            return
-        bound = 1 / np.sqrt(max(in_features, 1))
-        wkey, bkey = jax.random.split(key)
-        self.weight = jax.random.uniform(
-            wkey, (out_features, in_features), minval=-bound, maxval=bound
-        )
-        self.bias = jax.random.uniform(bkey, (out_features,), minval=-bound, maxval=bound)
+        shape = (out_features, in_features)
+        self.weight, self.bias = _torch_init(shape, in_features, key, zero)
 
     def __call__(self, x: Array) -> Array:
         return x @ self.weight.T + self.bias
@@ -116,13 +119,7 @@ class Conv3x3(eqx.Module):
 
     def __init__(self, in_channels: int, out_channels: int, *, key: Array, zero: bool = False):
         shape = (out_channels, in_channels, 3, 3)
-        if zero:
-            self.weight, self.bias = jnp.zeros(shape), jnp.zeros((out_channels,))
-            return
-        bound = 1 / np.sqrt(max(in_channels * 9, 1))
-        wkey, bkey = jax.random.split(key)
-        self.weight = jax.random.uniform(wkey, shape, minval=-bound, maxval=bound)
-        self.bias = jax.random.uniform(bkey, (out_channels,), minval=-bound, maxval=bound)
+        self.weight, self.bias = _torch_init(shape, in_channels * 9, key, zero)
 
     def __call__(self, x: Array) -> Array:
         out = jax.lax.conv_general_dilated(

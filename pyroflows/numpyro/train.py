@@ -34,6 +34,7 @@ from pyroflows._train import (
     check_resume,
     check_rows,
     checkpoint_meta,
+    event_of,
     fingerprint,
 )
 from pyroflows.numpyro.continuous import (
@@ -52,12 +53,6 @@ from pyroflows.numpyro.params import _name
 from pyroflows.numpyro.residual import with_key
 
 __all__ = ["fit", "initialize_actnorm"]
-
-
-def _event(flow: Flow) -> int | tuple[int, ...]:
-    """The flow's event size (vectors) or event shape (images)."""
-    shape = tuple(flow.event_shape)
-    return shape[0] if len(shape) == 1 else shape
 
 
 def _as_array(name: str, value: Any, dtype, features: int | tuple[int, ...]) -> Array:
@@ -90,7 +85,7 @@ def _adam(lr: float, weight_decay: float, clip_grad: float | None) -> optax.Grad
 
 def _data_and_context(flow: Flow, data: Any, context: Any, dtype) -> tuple[Array, Array | None]:
     """Check ``data`` and ``context`` against the flow; return them as arrays."""
-    data = _as_array("data", data, dtype, _event(flow))
+    data = _as_array("data", data, dtype, event_of(flow))
     check_rows("data", data.shape)
     if flow.context_features:
         if context is None:
@@ -123,7 +118,7 @@ def _validation_set(validation: Any, flow: Flow, dtype) -> tuple[Array, Array | 
         val_data, val_context = validation
     else:
         val_data, val_context = validation, None
-    val_data = _as_array("validation data", val_data, dtype, _event(flow))
+    val_data = _as_array("validation data", val_data, dtype, event_of(flow))
     check_rows("validation data", val_data.shape)
     if flow.context_features:
         if val_context is None:

@@ -104,7 +104,8 @@ class Reshape(Bijection):
     """
 
     def __init__(self, shape: Sequence[int], base_shape: Sequence[int]) -> None:
-        shape, base_shape = _event_shape("shape", shape), _event_shape("base_shape", base_shape)
+        shape = _image.event_shape("shape", shape)
+        base_shape = _image.event_shape("base_shape", base_shape)
         size = int(np.prod(shape))
         if size != int(np.prod(base_shape)):
             raise ValueError(
@@ -123,13 +124,6 @@ class Reshape(Bijection):
     ) -> tuple[Tensor, Tensor]:
         batch = y.shape[: y.dim() - len(self.event_shape)]
         return y.reshape(*batch, *self.base_shape), y.new_zeros(batch)
-
-
-def _event_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
-    dims = tuple(shape) if isinstance(shape, Sequence) else (shape,)
-    if not dims or not all(_checks._is_int(d) and d >= 1 for d in dims):
-        raise ValueError(f"{name} must be a tuple of positive ints, got {shape!r}")
-    return tuple(int(d) for d in dims)
 
 
 class FactorOut(Bijection):

@@ -74,7 +74,7 @@ class ActNorm(Bijection):
         if len(self.event_shape) == 1:
             flat = data.reshape(-1, channels)
         else:
-            flat = data.reshape(-1, channels, self._pixels).transpose(0, 1).reshape(channels, -1).T
+            flat = data.reshape(-1, channels, self._pixels).transpose(1, 2).reshape(-1, channels)
         if flat.shape[0] < 2:
             return
         std = flat.std(0)

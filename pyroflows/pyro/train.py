@@ -29,6 +29,7 @@ from pyroflows._train import (
     check_resume,
     check_rows,
     checkpoint_meta,
+    event_of,
     fingerprint,
 )
 from pyroflows.pyro.continuous import (
@@ -66,12 +67,6 @@ def _as_tensor(name: str, value: Any, like: Tensor, features: int | tuple[int, .
     return tensor
 
 
-def _event(flow: Flow) -> int | tuple[int, ...]:
-    """The flow's event size (vectors) or event shape (images)."""
-    shape = tuple(getattr(flow, "event_shape", (flow.features,)))
-    return shape[0] if len(shape) == 1 else shape
-
-
 def _adam(params: list[Tensor], lr: float, weight_decay: float) -> torch.optim.Adam:
     """Adam with torch's multi-tensor (``foreach``) update.
 
@@ -83,7 +78,7 @@ def _adam(params: list[Tensor], lr: float, weight_decay: float) -> torch.optim.A
 
 def _data_and_context(flow: Flow, data: Any, context: Any, like: Tensor):
     """Check ``data`` and ``context`` against the flow; return them as tensors."""
-    data = _as_tensor("data", data, like, _event(flow))
+    data = _as_tensor("data", data, like, event_of(flow))
     check_rows("data", data.shape)
     if flow.context_features:
         if context is None:
@@ -116,7 +111,7 @@ def _validation_set(validation: Any, flow: Flow, like: Tensor):
         val_data, val_context = validation
     else:
         val_data, val_context = validation, None
-    val_data = _as_tensor("validation data", val_data, like, _event(flow))
+    val_data = _as_tensor("validation data", val_data, like, event_of(flow))
     check_rows("validation data", val_data.shape)
     if flow.context_features:
         if val_context is None:
