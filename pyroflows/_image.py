@@ -14,8 +14,12 @@ steps squeezes, runs them and unsqueezes (Glow's last level).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from pyroflows import _checks, structure
 
@@ -120,3 +124,32 @@ def glow_plan(shape: Sequence[int], levels: int = 2, steps: int = 4) -> Level:
         return Level(shape, (), tuple(after), True, level(inner_shape, remaining - 1, seed + steps))
 
     return level(shape, levels, 0)
+
+
+def check_noise_flow(flow: Any, shape: tuple[int, ...], dims: int) -> None:
+    """A variational dequantizer's noise flow: events of the data's ``shape`` and a context
+    of ``dims`` features (the flattened image); ``ValueError`` otherwise."""
+    event = tuple(flow.transforms[-1].event_shape)
+    if event != shape or flow.context_features != dims:
+        raise ValueError(
+            f"flow must give events of shape {shape} with a context of {dims} features (the "
+            f"flattened image), got events of shape {event} and context "
+            f"{flow.context_features}"
+        )
+
+
+@functools.lru_cache(maxsize=32)
+def conv3x3_taps(height: int, width: int) -> np.ndarray:
+    """``(9, (H W)^2)`` 0/1 matrix of a 3x3, padding-1 convolution on an ``H x W`` image: row
+    ``3 i + j``, column ``(q, p)`` is 1 when input pixel ``q`` sits at offset
+    ``(i - 1, j - 1)`` from output pixel ``p``. Both backends' ``Conv3x3`` / ``ConvResNet``
+    build a small image's dense convolution matrix from it (``kernel @ taps``); read only."""
+    taps = np.zeros((3, 3, height * width, height * width))
+    for row in range(height):
+        for col in range(width):
+            for i in range(3):
+                for j in range(3):
+                    r, c = row + i - 1, col + j - 1
+                    if 0 <= r < height and 0 <= c < width:
+                        taps[i, j, r * width + c, row * width + col] = 1.0
+    return taps.reshape(9, -1)

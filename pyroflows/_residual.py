@@ -120,10 +120,12 @@ def convergence_message(max_iter: int, atol: float, bad: int | None = None, rows
                         last: float | None = None,
                         owner: str = "ResidualBlock",
                         method: str = "fixed-point inverse",
-                        relative: str = ROW_SCALE) -> str:  # fmt: skip
+                        relative: str = ROW_SCALE,
+                        unit: str = "rows") -> str:  # fmt: skip
     """The sentence of a `ConvergenceError` (without the counts where they are unknown, as
-    inside ``jit``); ``relative`` names what ``atol`` is relative to."""
-    which = "some rows" if bad is None else f"{bad} of {rows} rows"
+    inside ``jit``); ``relative`` names what ``atol`` is relative to, ``unit`` what is
+    counted (rows of a batch, or elements)."""
+    which = f"some {unit}" if bad is None else f"{bad} of {rows} {unit}"
     reached = "" if last is None else f": the largest last step was {last:.3e}"
     return (
         f"the {method} of {owner} did not converge for {which} in "

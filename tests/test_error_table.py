@@ -425,6 +425,10 @@ T = {
         TORCH: lambda _: pf.dequantize(torch.tensor([0, 17]), levels=17),
         JAX: lambda _: pfj.dequantize(KEY, jnp.array([0.0, 17.0]), levels=17),
     },
+    "dequantizer-flow": {
+        TORCH: lambda _: pf.VariationalDequantizer((1, 2, 2), 17, flow=pf.MAF(4, 4)),
+        JAX: lambda _: pfj.VariationalDequantizer(4, 17, flow=pfj.MAF(4, key=KEY)),
+    },
 }
 
 

@@ -24,6 +24,12 @@ SCRIPTS = [
     ("digits.py", "digits.png", "torch", ()),
     ("digits.py", "digits.png", "torch", ("--model", "residual")),
     ("digits.py", "digits.png", "torch", ("--model", "glow")),
+    (
+        "images.py",
+        "images_digits_glow_mixture_variational.png",
+        "torch",
+        ("--transformer", "mixture", "--dequantization", "variational"),
+    ),
     ("two_moons.py", "two_moons.png", "torch", ()),
     ("two_moons.py", "two_moons_residual.png", "torch", ("--model", "residual")),
     ("two_moons.py", "two_moons_ffjord-fm.png", "torch", ("--model", "ffjord-fm")),

@@ -61,6 +61,12 @@ CASES = [
             (3, 2, 2), 0, "channel", 1, b.SplineTransformer(bins=4, bound=2.5), 4, 0, **_key(b)
         ),
     ),
+    Case(
+        "Coupling-checkerboard-mixture",
+        lambda b: b.ImageCoupling(
+            (1, 4, 4), 0, "checkerboard", 0, b.LogisticMixtureTransformer(2), 4, 0, **_key(b)
+        ),
+    ),
     Case("FactorOut", lambda b: b.FactorOut((4, 2, 2), b.ActNorm((1, 2, 2)))),
 ]
 RECIPES = [
@@ -74,6 +80,17 @@ RECIPES = [
         context=2,
     ),
     Case("Glow", lambda b: b.Glow((2, 4, 4), levels=2, steps=1, hidden=4, **_key(b))),
+    Case(
+        "Glow-mixture",
+        lambda b: b.Glow(
+            (1, 4, 4),
+            levels=1,
+            steps=1,
+            hidden=4,
+            transformer=b.LogisticMixtureTransformer(2),
+            **_key(b),
+        ),
+    ),
     Case(
         "Glow-ctx2",
         lambda b: b.Glow((1, 4, 4), context=2, levels=2, steps=1, hidden=4, **_key(b)),

@@ -69,9 +69,22 @@ CASES = [
         context=2,
     ),
     Case(
+        "Coupling-checkerboard-mixture",
+        lambda: pf.ImageCoupling(
+            (1, 4, 4), 0, "checkerboard", 0, pf.LogisticMixtureTransformer(2), 4, 0
+        ),
+    ),
+    Case(
         "Coupling-channel-additive",
         lambda: pf.ImageCoupling((2, 2, 2), 0, "channel", 0, pf.AdditiveTransformer(), 4, 1),
         volume_preserving=True,
+    ),
+    Case(
+        "Glow-mixture",
+        lambda: pf.Glow(
+            (1, 4, 4), levels=2, steps=1, hidden=4, transformer=pf.LogisticMixtureTransformer(2)
+        ).transforms[0],
+        identity_at_init=False,
     ),
     Case("FactorOut", lambda: pf.FactorOut((4, 2, 2), pf.ActNorm((1, 2, 2)))),
     Case(

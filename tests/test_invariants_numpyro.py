@@ -98,6 +98,7 @@ for _name, _transformer in (
     ("additive", pfj.AdditiveTransformer),
     ("affine", pfj.AffineTransformer),
     ("spline", _spline),
+    ("mixture", lambda: pfj.LogisticMixtureTransformer(components=3)),
 ):
     for _ctx in (0, 2):
         _features = 3 if _ctx else 4
@@ -263,6 +264,16 @@ for _name, _recipe, _kwargs in (
                 reverse_jacobian=_name == "FFJORD",
             )
         )
+RECIPES += [
+    Case("MixtureCDF", lambda key: pfj.MixtureCDF(4, components=3), 4, recipe=True),
+    Case(
+        "MixtureCDF-ctx2",
+        lambda key: pfj.MixtureCDF(3, 2, 3, hidden=(8,), key=key),
+        3,
+        2,
+        recipe=True,
+    ),
+]
 
 # Compiling dominates: by default the suite runs a subset of the torch suite's matrix that
 # still holds every bijection, transformer and recipe, each with and without context
@@ -275,6 +286,8 @@ LEAN_SKIP = {
     "Coupling-additive-ctx2",
     "Coupling-affine",
     "Coupling-spline",
+    "Coupling-mixture",
+    "MixtureCDF",  # unconditional: in test_parity.py
     "NICE",
     "RealNVP-ctx2",
     "NSF-autoregressive-ctx2",

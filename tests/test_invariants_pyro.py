@@ -81,6 +81,7 @@ for _name, _transformer in (
     ("additive", pf.AdditiveTransformer),
     ("affine", pf.AffineTransformer),
     ("spline", _spline),
+    ("mixture", lambda: pf.LogisticMixtureTransformer(components=3)),
 ):
     for _ctx in (0, 2):
         _features = 3 if _ctx else 4
@@ -230,6 +231,11 @@ for _name, _recipe, _kwargs in (
                 inexact=1e-5 if _name == "FFJORD" else 0.0,
             )
         )
+
+RECIPES += [
+    Case("MixtureCDF", lambda: pf.MixtureCDF(4, components=3), 4, recipe=True),
+    Case("MixtureCDF-ctx2", lambda: pf.MixtureCDF(3, 2, 3, hidden=(8,)), 3, 2, recipe=True),
+]
 
 ALL = BIJECTIONS + RECIPES
 CONDITIONAL = [c for c in ALL if c.context]

@@ -87,6 +87,8 @@ RECIPES += [
         1,
     ),
     Case("MAF-bound1-tanh", _recipe("MAF", 4, 0, bound=1.0, activation="tanh"), 4),
+    Case("MixtureCDF-ctx0", lambda m, kw: m.MixtureCDF(3, 0, 3, **kw()), 3),
+    Case("MixtureCDF-ctx2", lambda m, kw: m.MixtureCDF(3, 2, 3, hidden=(8,), **kw()), 3, 2),
 ]
 
 ODD_MASK = np.array([True, False, True])  # odd features, two pass through
@@ -113,6 +115,15 @@ BLOCKS: list[Case] = [
             m.Coupling(
                 5, 2, MASK5, m.SplineTransformer(5, 2.0), hidden=(8,), activation="elu", **kw()
             ),
+        ),
+        5,
+        2,
+    ),
+    Case(
+        "Coupling-mixture-mask5-ctx2",
+        lambda m, kw: _flow(
+            m,
+            m.Coupling(5, 2, MASK5, m.LogisticMixtureTransformer(3, 2.0), hidden=(8,), **kw()),
         ),
         5,
         2,

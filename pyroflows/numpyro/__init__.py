@@ -13,7 +13,7 @@ from pyroflows.numpyro.amortized import AmortizedFlow, AmortizedIAF
 from pyroflows.numpyro.autoregressive import MaskedAutoregressive
 from pyroflows.numpyro.continuous import Continuous, ODESolveError, flow_matching_loss
 from pyroflows.numpyro.core import Bijection, BijectionTransform, Chain, Invert
-from pyroflows.numpyro.coupling import Coupling, ImageCoupling
+from pyroflows.numpyro.coupling import Coupling, Elementwise, ImageCoupling
 from pyroflows.numpyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
 from pyroflows.numpyro.distributions import Flow, FlowDistribution
 from pyroflows.numpyro.flows import (
@@ -23,6 +23,7 @@ from pyroflows.numpyro.flows import (
     NICE,
     NSF,
     Glow,
+    MixtureCDF,
     Planar,
     Radial,
     RealNVP,
@@ -34,6 +35,7 @@ from pyroflows.numpyro.image import (
     Logit,
     Reshape,
     Squeeze,
+    VariationalDequantizer,
     bits_per_dim,
     dequantize,
     multi_scale,
@@ -54,6 +56,7 @@ from pyroflows.numpyro.train import fit, initialize_actnorm
 from pyroflows.numpyro.transformers import (
     AdditiveTransformer,
     AffineTransformer,
+    LogisticMixtureTransformer,
     SplineTransformer,
     Transformer,
 )
@@ -62,6 +65,7 @@ __all__ = [
     "ActNorm",
     "AdditiveTransformer",
     "AffineTransformer",
+    "LogisticMixtureTransformer",
     "AmortizedFlow",
     "AmortizedIAF",
     "AutoFlow",
@@ -73,6 +77,7 @@ __all__ = [
     "Conv1x1",
     "ConvergenceError",
     "Coupling",
+    "Elementwise",
     "dequantize",
     "FactorOut",
     "FFJORD",
@@ -113,9 +118,11 @@ __all__ = [
     "set_params",
     "SplineTransformer",
     "Squeeze",
+    "MixtureCDF",
     "Sylvester",
     "SylvesterLayer",
     "to_inference_data",
     "Transformer",
+    "VariationalDequantizer",
     "with_key",
 ]

@@ -38,6 +38,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import Transform
 
 from pyroflows import _checks
+from pyroflows._residual import ELEMENT_SCALE, ConvergenceError, convergence_message
 
 __all__ = [
     "Bijection",
@@ -125,6 +126,72 @@ def check_context(context: Any, context_features: int) -> Array | None:
             "the bijection"
         )
     return check_finite("context", check_event("context", context, context_features))
+
+
+def solve_bracketed(
+    newton_step: Callable[[Array], tuple[Array, Array]],
+    x: Array,
+    lo: Array,
+    hi: Array,
+    atol: float,
+    max_iter: int,
+) -> tuple[Array, Array, Array]:
+    """Elementwise root of an increasing function by Newton's method safeguarded by bisection,
+    as `pyroflows.pyro.core.solve_bracketed`: ``newton_step(x)`` gives
+    ``(f(x), f(x) / f'(x))``, the root lies in ``[lo, hi]``, an element is done when its last
+    step is at most ``atol * (1 + |x|)``. A ``lax.while_loop`` (stop gradients on the
+    inputs first); returns ``x``, the done flags and the last steps."""
+
+    def body(state):
+        i, x, lo, hi, _, _ = state
+        f, delta = newton_step(x)
+        hi = jnp.where(f > 0, x, hi)
+        lo = jnp.where(f < 0, x, lo)
+        new = x - delta
+        new = jnp.where((new > lo) & (new < hi), new, (lo + hi) / 2)
+        step = jnp.abs(new - x)
+        return i + 1, new, lo, hi, step <= atol * (1 + jnp.abs(new)), step
+
+    def cond(state):
+        return (state[0] < max_iter) & ~jnp.all(state[4])
+
+    start = (0, x, lo, hi, jnp.zeros(x.shape, bool), jnp.zeros_like(x))
+    _, x, _, _, done, step = jax.lax.while_loop(cond, body, start)
+    return x, done, step
+
+
+def check_converged(
+    out: Any,
+    done: Array,
+    step: Array,
+    max_iter: int,
+    atol: float,
+    *,
+    owner: str,
+    method: str = "inverse",
+    relative: str = ELEMENT_SCALE,
+    rows: bool = True,
+) -> Any:
+    """``out``, after raising `ConvergenceError` (eagerly) or equinox's runtime error (under
+    ``jit``) unless every row (``rows``: the first axis; else every element) of an iterative
+    solve is ``done``, as `pyroflows.pyro.core.raise_unconverged`."""
+    counted = jnp.all(done.reshape(done.shape[0], -1), axis=-1) if rows else done.reshape(-1)
+    unit = "rows" if rows else "elements"
+    text = dict(owner=owner, method=method, relative=relative, unit=unit)
+    if is_concrete(counted):
+        if not bool(jnp.all(counted)):
+            raise ConvergenceError(
+                convergence_message(
+                    max_iter,
+                    atol,
+                    int(jnp.sum(~counted)),
+                    counted.shape[0],
+                    float(jnp.max(step)),
+                    **text,
+                )
+            )
+        return out
+    return eqx.error_if(out, ~jnp.all(counted), convergence_message(max_iter, atol, **text))
 
 
 def broadcast_context(x: Array, context: Array | None) -> tuple[Array, Array | None]:

@@ -19,7 +19,7 @@ from pyroflows.numpyro.core import Bijection, _check_size, batch_shape_of, broad
 from pyroflows.numpyro.nn import MLP, ConvResNet, _check_key
 from pyroflows.numpyro.transformers import AffineTransformer, Transformer
 
-__all__ = ["Coupling", "ImageCoupling"]
+__all__ = ["Coupling", "Elementwise", "ImageCoupling"]
 
 IMAGE_MASKS = ("checkerboard", "channel")
 
@@ -97,6 +97,72 @@ class Coupling(Bijection):
         step = self.transformer.inverse if inverse else self.transformer.forward
         y_transformed, log_det = step(x_transformed, params)
         y = jnp.take(jnp.concatenate([x_identity, y_transformed], -1), self.merge_index, axis=-1)
+        return y, log_det.sum(-1)
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._apply_transformer(x, context, inverse=False)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._apply_transformer(y, context, inverse=True)
+
+
+class Elementwise(Bijection):
+    """Every feature mapped by a transformer, the twin of `pyroflows.pyro.Elementwise`: the
+    parameters are learnt directly (``params``, zero at the start) without context, or
+    computed from the context alone by an MLP.
+
+    Args:
+        features: Event size.
+        context: Context size.
+        transformer: The elementwise map (default affine).
+        hidden: Hidden widths of the MLP conditioner (with context only).
+        activation: Activation of the conditioner.
+        key: Random key (keyword only; needed with context).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import pyroflows.numpyro as pfj
+        >>> layer = pfj.Elementwise(2, transformer=pfj.LogisticMixtureTransformer(3))
+        >>> y, log_det = layer.forward_and_log_det(jnp.ones((10, 2)))
+    """
+
+    transformer: Transformer
+    params: Array | None
+    conditioner: MLP | None
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        transformer: Transformer | None = None,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        *,
+        key: Array | None = None,
+    ) -> None:
+        self.features = features = _check_size("features", features, 1)
+        self.context_features = context = _check_size("context", context, 0)
+        self.transformer = transformer if transformer is not None else AffineTransformer()
+        size = self.transformer.params_per_feature
+        if context:
+            key = _check_key(key, "Elementwise")
+            self.conditioner = MLP(context, features * size, hidden, activation, key=key)
+            self.params = None
+        else:
+            self.conditioner = None
+            self.params = jnp.zeros((features, size))
+
+    def _apply_transformer(self, x: Array, context: Array | None, inverse: bool):
+        size = self.transformer.params_per_feature
+        if self.context_features:
+            x, context = broadcast_context(x, context)
+            out = self.conditioner(context)
+            params = out.reshape(*out.shape[:-1], self.features, size)
+            x = jnp.broadcast_to(x, params.shape[:-1])
+        else:
+            params = jnp.broadcast_to(self.params, (*x.shape, size))
+        step = self.transformer.inverse if inverse else self.transformer.forward
+        y, log_det = step(x, params)
         return y, log_det.sum(-1)
 
     def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:

@@ -43,7 +43,7 @@ from pyroflows import _checks, _image, structure
 from pyroflows._continuous import MAX_STEPS
 from pyroflows.numpyro.autoregressive import MaskedAutoregressive
 from pyroflows.numpyro.continuous import Continuous
-from pyroflows.numpyro.coupling import Coupling
+from pyroflows.numpyro.coupling import Coupling, Elementwise
 from pyroflows.numpyro.distributions import Flow
 from pyroflows.numpyro.image import multi_scale
 from pyroflows.numpyro.linear import ActNorm, Scale
@@ -52,6 +52,7 @@ from pyroflows.numpyro.residual import PlanarLayer, RadialLayer, ResidualBlock, 
 from pyroflows.numpyro.transformers import (
     AdditiveTransformer,
     AffineTransformer,
+    LogisticMixtureTransformer,
     SplineTransformer,
     Transformer,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "Planar",
     "Radial",
     "Sylvester",
+    "MixtureCDF",
 ]
 
 
@@ -260,10 +262,12 @@ def _image_flow(
     activation: str,
     base: Distribution | None,
     key: Array,
+    transformer: Transformer | None = None,
 ) -> Flow:
-    """The multi-scale image recipes: ``plan`` as one bijection, affine couplings."""
+    """The multi-scale image recipes: ``plan`` as one bijection (affine couplings unless
+    ``transformer`` is given)."""
     channels = _image.channels("hidden", hidden)
-    transformer = AffineTransformer(bound)
+    transformer = AffineTransformer(bound) if transformer is None else transformer
     model = multi_scale(plan, context, channels, blocks, transformer, activation, key=key)
     return Flow([model], base)
 
@@ -281,13 +285,15 @@ def RealNVP(  # noqa: N802
     shape: Sequence[int] | None = None,
     levels: int = 2,
     blocks: int = 2,
+    transformer: Transformer | None = None,
     key: Array | None = None,
 ) -> Flow:
     """RealNVP (Dinh et al., 2017): affine coupling layers, on vectors or on images.
 
     Arguments as in the torch recipe `pyroflows.pyro.RealNVP` (vectors: ``features``,
     ``order``, ``bound=1``; images: ``shape=(C, H, W)``, ``levels``, ``hidden`` channels,
-    ``blocks``, ``bound=3``, the multi-scale architecture of the paper), and ``key``.
+    ``blocks``, ``bound=3``, the multi-scale architecture of the paper, ``transformer``),
+    and ``key``.
 
     Examples:
         >>> import jax
@@ -305,12 +311,19 @@ def RealNVP(  # noqa: N802
         bound = 3.0 if bound is None else bound
         plan = _image.realnvp_plan(shape, levels)
         key = _check_key(key, "RealNVP")
-        return _image_flow(plan, context, hidden, blocks, bound, activation, base, key)
+        return _image_flow(plan, context, hidden, blocks, bound, activation, base, key, transformer)
     if features is None:
         raise ValueError("RealNVP needs features (vectors) or shape=(C, H, W) (images)")
     bound = 1.0 if bound is None else bound
     layers = _coupling(
-        features, context, transforms, hidden, AffineTransformer(bound), activation, order, key
+        features,
+        context,
+        transforms,
+        hidden,
+        transformer or AffineTransformer(bound),
+        activation,
+        order,
+        key,
     )
     return Flow(layers, base)
 
@@ -326,6 +339,7 @@ def Glow(  # noqa: N802
     bound: float = 3.0,
     activation: str = "relu",
     base: Distribution | None = None,
+    transformer: Transformer | None = None,
     key: Array | None = None,
 ) -> Flow:
     """Glow (Kingma & Dhariwal, 2018): a multi-scale flow on images ``(C, H, W)``.
@@ -342,7 +356,7 @@ def Glow(  # noqa: N802
     """
     plan = _image.glow_plan(shape, levels, steps)
     key = _check_key(key, "Glow")
-    return _image_flow(plan, context, hidden, blocks, bound, activation, base, key)
+    return _image_flow(plan, context, hidden, blocks, bound, activation, base, key, transformer)
 
 
 def NICE(  # noqa: N802
@@ -572,3 +586,51 @@ def Sylvester(  # noqa: N802
         for i, k in enumerate(jax.random.split(key, _check_transforms(transforms)))
     ]
     return Flow(layers, base)
+
+
+def MixtureCDF(  # noqa: N802
+    features: int = 1,
+    context: int = 0,
+    components: int = 4,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    activation: str = "relu",
+    linear: float = 0.0,
+    base: Distribution | None = None,
+    key: Array | None = None,
+) -> Flow:
+    """The mixture-CDF flow: each feature through the CDF of a mixture of logistics.
+
+    One `Elementwise` layer with a `LogisticMixtureTransformer`, whose explicit direction
+    is data -> base: ``z = logit(F(x)) * exp(log_scale) + shift`` per feature, with ``F``
+    the mixture's CDF (so ``F(x)`` itself is uniform on ``(0, 1)`` under the model: the 1-D
+    flow that course material on flows starts from). ``log_prob`` is one pass; sampling
+    solves for ``x`` (the transformer's bisection). With a standard
+    logistic ``base`` and zero ``shift`` / ``log_scale`` the density of each feature is
+    exactly the mixture of logistics; with the default standard normal base it is the
+    normal pushed through the inverse map. The features are independent given the
+    context: stack it under other flows, or use the transformer in a coupling
+    (`Coupling`, `ImageCoupling`), for dependence.
+
+    Args:
+        features: Event size.
+        context: Context size (the mixture's parameters then come from an MLP of it).
+        components: Number of logistic components.
+        hidden: Hidden widths of the MLP (with context only).
+        activation: Activation of the MLP.
+        linear: The transformer's share of the identity (`LogisticMixtureTransformer`):
+            0, the default, keeps the density exactly the mixture; a small positive value
+            bounds the slope from below, for a better conditioned sampling (inverse).
+        base: Base distribution (default standard normal).
+        key: Random key (keyword only; needed with context).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import numpyro.distributions as dist
+        >>> import pyroflows.numpyro as pfj
+        >>> logistic = dist.Logistic(jnp.zeros(1), jnp.ones(1)).to_event(1)
+        >>> flow = pfj.MixtureCDF(1, components=5, base=logistic)
+    """
+    transformer = LogisticMixtureTransformer(components, linear=linear)
+    layer = Elementwise(features, context, transformer, hidden, activation, key=key)
+    return Flow([layer], base)

@@ -1,5 +1,5 @@
 """Image structure and preprocessing: squeeze, reshape, factor-out, multi-scale models,
-uniform dequantization, logit preprocessing, bits/dim.
+uniform and variational dequantization, logit preprocessing, bits/dim.
 
 The JAX twin of `pyroflows.pyro.image`.
 """
@@ -8,16 +8,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from jax import Array
 from numpyro.distributions import constraints
 
 from pyroflows import _checks, _image, structure
-from pyroflows.numpyro.core import Bijection, Chain, Invert, _check_size
+from pyroflows.numpyro.core import (
+    Bijection,
+    Chain,
+    Invert,
+    _check_size,
+    chain_forward,
+    check_event_shape,
+    is_concrete,
+)
+from pyroflows.numpyro.coupling import Coupling
+from pyroflows.numpyro.distributions import Flow
+from pyroflows.numpyro.nn import _check_key
 from pyroflows.numpyro.transformers import AffineTransformer, Transformer
 
 __all__ = [
@@ -28,6 +41,7 @@ __all__ = [
     "multi_scale",
     "dequantize",
     "bits_per_dim",
+    "VariationalDequantizer",
 ]
 
 
@@ -301,24 +315,45 @@ def dequantize(key: Array, x: Array, levels: int) -> Array:
         >>> pfj.dequantize(jax.random.key(0), jnp.array([0, 16]), levels=17).shape
         (2,)
     """
-    if levels < 2:
-        raise ValueError(f"levels must be >= 2, got {levels!r}")
-    x = jnp.asarray(x)
-    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
-    values = jnp.round(x.astype(dtype))
-    low, high = float(values.min()), float(values.max())
-    if low < 0 or high > levels - 1:
-        raise ValueError(
-            f"x must hold values in 0..{levels - 1} (levels={levels}), got min {low} and max {high}"
-        )
-    noise = jax.random.uniform(key, x.shape, dtype=dtype)
+    values = quantized(x, levels)
+    noise = jax.random.uniform(key, values.shape, dtype=values.dtype)
     return (values + noise) / levels
 
 
-def bits_per_dim(log_prob: Array, dims: int, levels: int) -> Array:
+def quantized(x: Array, levels: int, dtype: Any = None) -> Array:
+    """``x`` rounded, as floats (``dtype``, else ``x``'s own if floating, else the default),
+    after checking (when concrete) that it holds values in ``0 .. levels - 1``."""
+    if not _checks._is_int(levels) or levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels!r}")
+    x = jnp.asarray(x)
+    if dtype is None:
+        dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
+    values = jnp.round(x.astype(dtype))
+    if is_concrete(values) and values.size:
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > levels - 1:
+            raise ValueError(
+                f"x must hold values in 0..{levels - 1} (levels={levels}), "
+                f"got min {low} and max {high}"
+            )
+    return values
+
+
+def bits_per_dim(
+    log_prob: Array,
+    dims: int,
+    levels: int,
+    *,
+    log_q: Array | float | None = None,
+    log_det: Array | float | None = None,
+) -> Array:
     """Bits per dimension of discrete data from the log-density of its dequantized version.
 
-    ``-(log p(x_c) - dims * log(levels)) / (dims * log 2)``, as in the torch backend.
+    ``-(log p(y) + log_det - log_q - dims * log(levels)) / (dims * log 2)``, as in the torch
+    backend: ``log_q`` is ``log q(u | x)`` of variational dequantization
+    (`pyroflows.numpyro.VariationalDequantizer`; default 0, uniform), ``log_det`` the
+    log-determinant, data -> flow, of preprocessing done outside the flow (such as a logit),
+    so that the bound is always for the data in ``[0, 1]``.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -326,4 +361,100 @@ def bits_per_dim(log_prob: Array, dims: int, levels: int) -> Array:
         >>> float(pfj.bits_per_dim(jnp.array(0.0), dims=64, levels=256))
         8.0
     """
-    return -(log_prob - dims * math.log(levels)) / (dims * math.log(2))
+    total = log_prob
+    if log_det is not None:
+        total = total + log_det
+    if log_q is not None:
+        total = total - log_q
+    return -(total - dims * math.log(levels)) / (dims * math.log(2))
+
+
+class VariationalDequantizer(eqx.Module):
+    """The noise distribution ``q(u | x)`` of variational dequantization, the twin of
+    `pyroflows.pyro.VariationalDequantizer` (same default noise flow and parameter layout:
+    a standard logistic base, so that it starts as uniform dequantization).
+
+    ``dequantizer(key, x)`` draws ``u ~ q(u | x)`` by reparameterisation for discrete data
+    ``x`` (values ``0 .. levels - 1``, event shape ``shape``) and returns
+    ``((x + u) / levels, log q(u | x))``.
+
+    Args:
+        shape: The event shape of one data point (``(D,)`` or ``(C, H, W)``).
+        levels: Number of discrete values per dimension.
+        transforms: Number of coupling layers of the default noise flow.
+        hidden: Hidden widths of their MLP conditioners.
+        activation: Activation of the conditioners.
+        flow: A custom noise flow: events of the data's shape in ``[0, 1]``, context of ``D``
+            features (the flattened image scaled to ``[-0.5, 0.5]``).
+        key: Random key (keyword only; for the default noise flow).
+
+    Examples:
+        >>> import jax
+        >>> import pyroflows.numpyro as pfj
+        >>> k1, k2 = jax.random.split(jax.random.key(0))
+        >>> dequantizer = pfj.VariationalDequantizer(16, levels=17, hidden=(32,), key=k1)
+        >>> x = jax.random.randint(k2, (8, 16), 0, 17)
+        >>> y, log_q = dequantizer(jax.random.key(1), x)
+    """
+
+    flow: Flow
+    shape: tuple[int, ...] = eqx.field(static=True)
+    levels: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        shape: int | Sequence[int],
+        levels: int,
+        transforms: int = 4,
+        hidden: Sequence[int] = (64, 64),
+        *,
+        activation: str = "relu",
+        flow: Flow | None = None,
+        key: Array | None = None,
+    ) -> None:
+        self.shape = _image.event_shape("shape", shape)
+        self.levels = _checks.check_int("levels", levels, 2)
+        dims = math.prod(self.shape)
+        if flow is None:
+            transforms = _checks.check_int("transforms", transforms, 1)
+            keys = jax.random.split(_check_key(key, "VariationalDequantizer"), transforms)
+            layers: list = [
+                Coupling(
+                    dims,
+                    dims,
+                    structure.alternating_mask(dims, i % 2),
+                    AffineTransformer(),
+                    hidden,
+                    activation,
+                    key=keys[i],
+                )
+                for i in range(transforms)
+            ]
+            layers.append(Logit(dims, alpha=0.0))
+            if len(self.shape) > 1:
+                layers.append(Reshape(self.shape, (dims,)))
+            logistic = dist.Logistic(jnp.zeros(dims), jnp.ones(dims)).to_event(1)
+            flow = Flow(layers, logistic)
+        _image.check_noise_flow(flow, self.shape, dims)
+        self.flow = flow
+
+    def context(self, values: Array) -> Array:
+        """The noise flow's context: the image flattened and scaled to ``[-0.5, 0.5]``."""
+        flat = values.reshape(*values.shape[: values.ndim - len(self.shape)], -1)
+        return flat / (self.levels - 1) - 0.5
+
+    def __call__(self, key: Array, x: Array) -> tuple[Array, Array]:
+        """Draw ``u ~ q(u | x)``; return ``((x + u) / levels, log q(u | x))``."""
+        values = check_event_shape("x", quantized(x, self.levels), self.shape)
+        batch = values.shape[: values.ndim - len(self.shape)]
+        base = self.flow.base_distribution()
+        noise = base.sample(key, batch)
+        edge = -math.log(float(jnp.finfo(noise.dtype).tiny))  # a finite draw, as in torch
+        noise = jnp.nan_to_num(noise, posinf=edge, neginf=-edge)
+        values = values.astype(noise.dtype)
+        u, log_det = chain_forward(self.flow.transforms, noise, self.context(values))
+        # a saturated sigmoid, or the division, can round onto the edge of the next cell
+        # (y = 1 for the top level): keep y strictly inside its own cell
+        y = (values + jnp.maximum(u, jnp.finfo(u.dtype).tiny)) / self.levels
+        top = jnp.nextafter((values + 1) / self.levels, jnp.zeros_like(y))
+        return jnp.minimum(y, top), base.log_prob(noise) - log_det

@@ -134,6 +134,14 @@ class Scale(Bijection):
         return y * jnp.exp(-self.log_scale), _batch_log_det(-self.log_scale.sum(), y)
 
 
+def _lu_factors(lower: Array, upper: Array, log_diagonal: Array) -> tuple[Array, Array]:
+    """The triangular factors ``(L, U)`` of `LULinear` and `Conv1x1`: ``L`` the strict lower
+    triangle of ``lower`` plus the identity, ``U`` the strict upper triangle of ``upper``
+    with diagonal ``exp(log_diagonal)``."""
+    eye = jnp.eye(log_diagonal.shape[-1], dtype=lower.dtype)
+    return jnp.tril(lower, -1) + eye, jnp.triu(upper, 1) + jnp.diag(jnp.exp(log_diagonal))
+
+
 class LULinear(Bijection):
     """Invertible linear map ``y = L U x + bias`` with L unit-lower and U upper triangular.
 
@@ -161,10 +169,7 @@ class LULinear(Bijection):
 
     def factors(self) -> tuple[Array, Array]:
         """The triangular factors ``(L, U)``."""
-        eye = jnp.eye(self.features, dtype=self.lower.dtype)
-        lower = jnp.tril(self.lower, -1) + eye
-        upper = jnp.triu(self.upper, 1) + jnp.diag(jnp.exp(self.log_diagonal))
-        return lower, upper
+        return _lu_factors(self.lower, self.upper, self.log_diagonal)
 
     def weight(self) -> Array:
         """The matrix ``L @ U``."""
@@ -227,10 +232,7 @@ class Conv1x1(Bijection):
 
     def factors(self) -> tuple[Array, Array]:
         """The triangular factors ``(L, U)``."""
-        eye = jnp.eye(self.shape[0], dtype=self.lower.dtype)
-        lower = jnp.tril(self.lower, -1) + eye
-        upper = jnp.triu(self.upper, 1) + jnp.diag(jnp.exp(self.log_diagonal))
-        return lower, upper
+        return _lu_factors(self.lower, self.upper, self.log_diagonal)
 
     def weight(self) -> Array:
         """The ``(C, C)`` matrix ``P L U``."""

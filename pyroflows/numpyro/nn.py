@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from pyroflows import _checks, structure
+from pyroflows import _checks, _image, structure
 from pyroflows._residual import (
     LIPSWISH_SLOPE,
     POWER_ITERATIONS,
@@ -122,14 +122,32 @@ class Conv3x3(eqx.Module):
         self.weight, self.bias = _torch_init(shape, in_channels * 9, key, zero)
 
     def __call__(self, x: Array) -> Array:
-        out = jax.lax.conv_general_dilated(
-            x,
-            self.weight.astype(x.dtype),
-            (1, 1),
-            ((1, 1), (1, 1)),
-            dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        weight, bias = self.weight.astype(x.dtype), self.bias.astype(x.dtype)
+        n, channels, height, width = x.shape
+        out, pixels = weight.shape[0], height * width
+        if pixels <= 9 and channels * out * pixels * pixels <= DENSE_CONV_SMALL_IMAGE:
+            # XLA's CPU convolution is slow on tiny images (64 -> 64 channels on 2x2
+            # pixels: 4 ms for a batch of 64); the dense matrix of the convolution,
+            # ``(C H W, out H W)``, built from the kernel by a 0/1 matrix (its entries are
+            # the kernel's exactly), takes one matrix product and the same multiplications
+            # (each output pixel sees every input pixel). Equal up to float rounding.
+            taps = jnp.asarray(_image.conv3x3_taps(height, width), dtype=x.dtype)
+            dense = (weight.reshape(out * channels, 9) @ taps).reshape(
+                out, channels, pixels, pixels
+            )
+            dense = dense.transpose(1, 2, 0, 3).reshape(channels * pixels, out * pixels)
+            y = x.reshape(n, channels * pixels) @ dense
+            return y.reshape(n, out, height, width) + bias[:, None, None]
+        y = jax.lax.conv_general_dilated(
+            x, weight, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NCHW", "OIHW", "NCHW")
         )
-        return out + self.bias.astype(x.dtype)[:, None, None]
+        return y + bias[:, None, None]
+
+
+#: Largest dense matrix (``in * H * W`` by ``out * H * W`` entries) of a 3x3 convolution on
+#: an image of at most 9 pixels that `Conv3x3` runs as one matrix product instead of XLA's
+#: convolution (the torch twin, `pyroflows.pyro.nn`, has the same rule and one more).
+DENSE_CONV_SMALL_IMAGE = 2**20
 
 
 class ConvResNet(eqx.Module):

@@ -35,7 +35,6 @@ from jax import Array
 from pyroflows import _checks
 from pyroflows._residual import (
     ABOVE_MINUS_ONE_SHIFT,
-    ELEMENT_SCALE,
     LOGDET_MODES,
     ROULETTE_STOP,
     ConvergenceError,
@@ -49,7 +48,13 @@ from pyroflows._residual import (
     radial_layout,
     sylvester_layout,
 )
-from pyroflows.numpyro.core import Bijection, broadcast_context, is_concrete
+from pyroflows.numpyro.core import (
+    Bijection,
+    broadcast_context,
+    check_converged,
+    is_concrete,
+    solve_bracketed,
+)
 from pyroflows.numpyro.nn import MLP, LipschitzMLP, _check_key, apply_lipschitz
 
 __all__ = [
@@ -327,51 +332,13 @@ def solve_monotone(
     `pyroflows.pyro.residual.solve_monotone`. No gradient; returns ``x``, the done flags and
     the last steps."""
     s, q, c, t = (jax.lax.stop_gradient(a) for a in jnp.broadcast_arrays(s, q, c, t))
-    lo, hi = t - jnp.abs(s), t + jnp.abs(s)
 
-    def body(state):
-        i, x, lo, hi, _, _ = state
+    def newton_step(x: Array) -> tuple[Array, Array]:
         th = jnp.tanh(q * x + c)
         f = x + s * th - t
-        df = 1 + s * q * (1 - th * th)
-        hi = jnp.where(f > 0, x, hi)
-        lo = jnp.where(f < 0, x, lo)
-        new = x - f / df
-        new = jnp.where((new > lo) & (new < hi), new, (lo + hi) / 2)
-        step = jnp.abs(new - x)
-        return i + 1, new, lo, hi, step <= atol * (1 + jnp.abs(new)), step
+        return f, f / (1 + s * q * (1 - th * th))
 
-    def cond(state):
-        return (state[0] < max_iter) & ~jnp.all(state[4])
-
-    start = (0, t, lo, hi, jnp.zeros(t.shape, bool), jnp.zeros_like(t))
-    _, x, _, _, done, step = jax.lax.while_loop(cond, body, start)
-    return x, done, step
-
-
-def _check_converged(owner: str, max_iter: int, atol: float, done: Array, step: Array, out):
-    """``out``, after raising `ConvergenceError` (eagerly) or equinox's runtime error (under
-    ``jit``) unless every row is done."""
-    rows = jnp.all(done.reshape(done.shape[0], -1), axis=-1)
-    if is_concrete(rows):
-        if not bool(jnp.all(rows)):
-            raise ConvergenceError(
-                convergence_message(
-                    max_iter,
-                    atol,
-                    int(jnp.sum(~rows)),
-                    rows.shape[0],
-                    float(jnp.max(step)),
-                    owner=owner,
-                    method="inverse",
-                    relative=ELEMENT_SCALE,
-                )
-            )
-        return out
-    message = convergence_message(
-        max_iter, atol, owner=owner, method="inverse", relative=ELEMENT_SCALE
-    )
-    return eqx.error_if(out, ~jnp.all(rows), message)
+    return solve_bracketed(newton_step, t, t - jnp.abs(s), t + jnp.abs(s), atol, max_iter)
 
 
 def _upper(matrix: Array) -> Array:
@@ -519,7 +486,7 @@ class PlanarLayer(_ClosedFormLayer):
         t = jnp.sum(p["w"] * y, -1, keepdims=True) + p["b"]
         a, done, step = solve_monotone(s, jnp.ones_like(s), jnp.zeros_like(s), t, atol,
                                        self.max_iter)  # fmt: skip
-        a = _check_converged(self.owner, self.max_iter, atol, done, step, a)
+        a = check_converged(a, done, step, self.max_iter, atol, owner=self.owner)
         # one Newton step in the graph: the exact (implicit) gradient of the root
         th = jnp.tanh(a)
         a = a - (a + s * th - t) / jax.lax.stop_gradient(1 + s * (1 - th * th))
@@ -699,7 +666,7 @@ class SylvesterLayer(_ClosedFormLayer):
         start = (jnp.zeros_like(td), jnp.zeros_like(td), jnp.ones(td.shape, bool),
                  jnp.zeros_like(td))  # fmt: skip
         v, _, done, step = jax.lax.fori_loop(0, m, back_substitute, start)
-        v = _check_converged(self.owner, self.max_iter, atol, done, step, v)
+        v = check_converged(v, done, step, self.max_iter, atol, owner=self.owner)
         # one Newton step of the whole (triangular) system in the graph: exact gradients
         th = jnp.tanh((r_tilde @ v[..., None])[..., 0] + b)
         residual = v + (r @ th[..., None])[..., 0] - target

@@ -12,7 +12,7 @@ from pyroflows.pyro.amortized import AmortizedFlow, AmortizedIAF
 from pyroflows.pyro.autoregressive import MaskedAutoregressive
 from pyroflows.pyro.continuous import Continuous, ODESolveError, flow_matching_loss
 from pyroflows.pyro.core import Bijection, Chain, ConditionedBijection, Invert
-from pyroflows.pyro.coupling import Coupling, ImageCoupling
+from pyroflows.pyro.coupling import Coupling, Elementwise, ImageCoupling
 from pyroflows.pyro.diagnostics import importance_log_weights, psis_diagnostic, to_inference_data
 from pyroflows.pyro.distributions import Flow, FlowDistribution
 from pyroflows.pyro.flows import (
@@ -22,6 +22,7 @@ from pyroflows.pyro.flows import (
     NICE,
     NSF,
     Glow,
+    MixtureCDF,
     Planar,
     Radial,
     RealNVP,
@@ -33,6 +34,7 @@ from pyroflows.pyro.image import (
     Logit,
     Reshape,
     Squeeze,
+    VariationalDequantizer,
     bits_per_dim,
     dequantize,
     multi_scale,
@@ -52,6 +54,7 @@ from pyroflows.pyro.train import fit
 from pyroflows.pyro.transformers import (
     AdditiveTransformer,
     AffineTransformer,
+    LogisticMixtureTransformer,
     SplineTransformer,
     Transformer,
 )
@@ -63,6 +66,7 @@ __all__ = [
     "AutoFlow",
     "AdditiveTransformer",
     "AffineTransformer",
+    "LogisticMixtureTransformer",
     "Bijection",
     "Chain",
     "ConditionedBijection",
@@ -70,6 +74,7 @@ __all__ = [
     "Continuous",
     "Conv1x1",
     "Coupling",
+    "Elementwise",
     "FactorOut",
     "Flow",
     "FlowDistribution",
@@ -96,6 +101,7 @@ __all__ = [
     "SylvesterLayer",
     "Planar",
     "Radial",
+    "MixtureCDF",
     "Sylvester",
     "Reshape",
     "Reverse",
@@ -103,6 +109,7 @@ __all__ = [
     "Squeeze",
     "SplineTransformer",
     "Transformer",
+    "VariationalDequantizer",
     "bits_per_dim",
     "dequantize",
     "fit",

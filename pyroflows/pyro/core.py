@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 
 from pyroflows import _checks
+from pyroflows._residual import ELEMENT_SCALE, ConvergenceError, convergence_message
 
 __all__ = [
     "Bijection",
@@ -142,6 +143,70 @@ def check_context(context: Tensor | None, context_features: int) -> Tensor | Non
         )
     check_event("context", context, context_features)
     return check_finite("context", context)
+
+
+def solve_bracketed(
+    newton_step: Callable[[Tensor], tuple[Tensor, Tensor]],
+    x: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    atol: float,
+    max_iter: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Elementwise root of an increasing function by Newton's method safeguarded by bisection.
+
+    ``newton_step(x)`` gives ``(f(x), f(x) / f'(x))``; the root lies in ``[lo, hi]``, which
+    shrinks by the sign of ``f``, and a Newton step that leaves it is replaced by its
+    midpoint. An element is done when its last step moved it by at most
+    ``atol * (1 + |x|)``. No gradient; returns ``x``, the done flags and the last steps (the
+    caller raises for elements not done in ``max_iter`` iterations).
+    """
+    with torch.no_grad():
+        done = torch.zeros_like(x, dtype=torch.bool)
+        step = torch.zeros_like(x)
+        for _ in range(max_iter):
+            f, delta = newton_step(x)
+            hi = torch.where(f > 0, x, hi)
+            lo = torch.where(f < 0, x, lo)
+            new = x - delta
+            new = torch.where((new > lo) & (new < hi), new, (lo + hi) / 2)
+            step = (new - x).abs()
+            x = new
+            done = step <= atol * (1 + x.abs())
+            if bool(done.all()):
+                break
+    return x, done, step
+
+
+def raise_unconverged(
+    done: Tensor,
+    step: Tensor,
+    max_iter: int,
+    atol: float,
+    *,
+    owner: str,
+    method: str = "inverse",
+    relative: str = ELEMENT_SCALE,
+    rows: bool = True,
+) -> None:
+    """Raise `ConvergenceError` unless every row (``rows``: the first axis; else every
+    element) of an iterative solve is ``done``; the message counts them and gives the
+    largest last ``step``."""
+    counted = done.reshape(done.shape[0], -1).all(-1) if rows else done.reshape(-1)
+    if not bool(counted.all()):
+        raise ConvergenceError(
+            convergence_message(
+                max_iter,
+                atol,
+                int((~counted).sum()),
+                counted.numel(),
+                float(step.max()),
+                owner=owner,
+                method=method,
+                relative=relative,
+                unit="rows" if rows else "elements",
+            )
+        )
 
 
 def broadcast_context(x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None]:

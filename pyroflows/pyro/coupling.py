@@ -19,7 +19,7 @@ from pyroflows.pyro.core import Bijection, batch_shape_of, broadcast_context
 from pyroflows.pyro.nn import MLP, ConvResNet
 from pyroflows.pyro.transformers import AffineTransformer, Transformer
 
-__all__ = ["Coupling", "ImageCoupling"]
+__all__ = ["Coupling", "Elementwise", "ImageCoupling"]
 
 IMAGE_MASKS = ("checkerboard", "channel")
 
@@ -93,6 +93,72 @@ class Coupling(Bijection):
         step = self.transformer.inverse if inverse else self.transformer.forward
         y_transformed, log_det = step(x_transformed, params)
         y = torch.cat([x_identity, y_transformed], dim=-1).index_select(-1, self.merge_index)
+        return y, log_det.sum(-1)
+
+    def forward_and_log_det(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return self._apply_transformer(x, context, inverse=False)
+
+    def inverse_and_log_det(
+        self, y: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return self._apply_transformer(y, context, inverse=True)
+
+
+class Elementwise(Bijection):
+    """Every feature mapped by a transformer: the coupling in which no feature passes through.
+
+    Without context the transformer's parameters are learnt directly (``params``, shape
+    ``(features, params_per_feature)``, zero at the start: the identity); with context they
+    are computed from the context alone by an MLP (zero-initialised output). With
+    `LogisticMixtureTransformer` this is the mixture-CDF flow (`MixtureCDF`); with a spline
+    it is a learnt monotone marginal map.
+
+    Args:
+        features: Event size.
+        context: Context size.
+        transformer: The elementwise map (default affine).
+        hidden: Hidden widths of the MLP conditioner (with context only).
+        activation: Activation of the conditioner.
+
+    Examples:
+        >>> import torch
+        >>> import pyroflows.pyro as pf
+        >>> layer = pf.Elementwise(2, transformer=pf.LogisticMixtureTransformer(3))
+        >>> y, log_det = layer.forward_and_log_det(torch.randn(10, 2))
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        transformer: Transformer | None = None,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "relu",
+    ) -> None:
+        super().__init__(features, context)
+        features, context = self.features, self.context_features
+        self.transformer = transformer if transformer is not None else AffineTransformer()
+        size = self.transformer.params_per_feature
+        if context:
+            self.conditioner = MLP(context, features * size, hidden, activation)
+        else:
+            self.params = torch.nn.Parameter(torch.zeros(features, size))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", transformer={self.transformer!r}"
+
+    def _apply_transformer(self, x: Tensor, context: Tensor | None, inverse: bool):
+        size = self.transformer.params_per_feature
+        if self.context_features:
+            x, context = broadcast_context(x, context)
+            params = self.conditioner(context).unflatten(-1, (self.features, size))
+            x = x.expand(*params.shape[:-1])
+        else:
+            params = self.params.expand(*x.shape, size)
+        step = self.transformer.inverse if inverse else self.transformer.forward
+        y, log_det = step(x, params)
         return y, log_det.sum(-1)
 
     def forward_and_log_det(

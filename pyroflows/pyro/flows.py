@@ -41,7 +41,7 @@ from pyroflows import _checks, _image, structure
 from pyroflows._continuous import MAX_STEPS
 from pyroflows.pyro.autoregressive import MaskedAutoregressive
 from pyroflows.pyro.continuous import Continuous
-from pyroflows.pyro.coupling import Coupling
+from pyroflows.pyro.coupling import Coupling, Elementwise
 from pyroflows.pyro.distributions import Flow
 from pyroflows.pyro.image import multi_scale
 from pyroflows.pyro.linear import ActNorm, Scale
@@ -49,6 +49,7 @@ from pyroflows.pyro.residual import PlanarLayer, RadialLayer, ResidualBlock, Syl
 from pyroflows.pyro.transformers import (
     AdditiveTransformer,
     AffineTransformer,
+    LogisticMixtureTransformer,
     SplineTransformer,
     Transformer,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "Planar",
     "Radial",
     "Sylvester",
+    "MixtureCDF",
 ]
 
 
@@ -238,10 +240,13 @@ def _image_flow(
     bound: float,
     activation: str,
     base: Distribution | None,
+    transformer: Transformer | None = None,
 ) -> Flow:
-    """The multi-scale image recipes: ``plan`` as one bijection, affine couplings."""
+    """The multi-scale image recipes: ``plan`` as one bijection (affine couplings unless
+    ``transformer`` is given)."""
     channels = _image.channels("hidden", hidden)
-    model = multi_scale(plan, context, channels, blocks, AffineTransformer(bound), activation)
+    transformer = AffineTransformer(bound) if transformer is None else transformer
+    model = multi_scale(plan, context, channels, blocks, transformer, activation)
     return Flow([model], base)
 
 
@@ -258,6 +263,7 @@ def RealNVP(  # noqa: N802
     shape: Sequence[int] | None = None,
     levels: int = 2,
     blocks: int = 2,
+    transformer: Transformer | None = None,
 ) -> Flow:
     """RealNVP (Dinh et al., 2017): affine coupling layers, on vectors or on images.
 
@@ -273,7 +279,8 @@ def RealNVP(  # noqa: N802
     4 checkerboard couplings. The couplings' conditioners are conv ResNets
     (`pyroflows.pyro.nn.ConvResNet`) with ``hidden`` channels (an int) and ``blocks``
     residual blocks; their log-scales are bounded by ``bound`` (default 3 on images, 1 on
-    vectors). The flow
+    vectors). ``transformer`` replaces the affine map of the couplings (vectors and images),
+    e.g. by `LogisticMixtureTransformer` for Flow++-style couplings. The flow
     is one bijection over a standard normal of shape ``(C, H, W)``; ``transforms`` and
     ``order`` do not apply. H and W must be multiples of ``2 ** (levels - 1)``.
 
@@ -289,12 +296,18 @@ def RealNVP(  # noqa: N802
             raise ValueError("give RealNVP either features (vectors) or shape (images), not both")
         bound = 3.0 if bound is None else bound
         plan = _image.realnvp_plan(shape, levels)
-        return _image_flow(plan, context, hidden, blocks, bound, activation, base)
+        return _image_flow(plan, context, hidden, blocks, bound, activation, base, transformer)
     if features is None:
         raise ValueError("RealNVP needs features (vectors) or shape=(C, H, W) (images)")
     bound = 1.0 if bound is None else bound
     layers = _coupling(
-        features, context, transforms, hidden, AffineTransformer(bound), activation, order
+        features,
+        context,
+        transforms,
+        hidden,
+        transformer or AffineTransformer(bound),
+        activation,
+        order,
     )
     return Flow(layers, base)
 
@@ -310,6 +323,7 @@ def Glow(  # noqa: N802
     bound: float = 3.0,
     activation: str = "relu",
     base: Distribution | None = None,
+    transformer: Transformer | None = None,
 ) -> Flow:
     """Glow (Kingma & Dhariwal, 2018): a multi-scale flow on images ``(C, H, W)``.
 
@@ -333,6 +347,9 @@ def Glow(  # noqa: N802
         bound: Bound of the couplings' log-scales.
         activation: Activation of the conditioners.
         base: Base distribution of event shape ``shape`` (default standard normal).
+        transformer: The couplings' elementwise map instead of the affine one, such as
+            `LogisticMixtureTransformer` for Flow++-style couplings (the split priors
+            stay affine).
 
     Examples:
         >>> import torch
@@ -342,7 +359,7 @@ def Glow(  # noqa: N802
         torch.Size([3])
     """
     plan = _image.glow_plan(shape, levels, steps)
-    return _image_flow(plan, context, hidden, blocks, bound, activation, base)
+    return _image_flow(plan, context, hidden, blocks, bound, activation, base, transformer)
 
 
 def NICE(  # noqa: N802
@@ -654,3 +671,49 @@ def Sylvester(  # noqa: N802
 for _recipe in (Planar, Radial, Sylvester):  # one paragraph shared by three docstrings
     if _recipe.__doc__:
         _recipe.__doc__ = _recipe.__doc__.replace("    {note}", _PLANAR_NOTE.strip("\n"))
+
+
+def MixtureCDF(  # noqa: N802
+    features: int = 1,
+    context: int = 0,
+    components: int = 4,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    activation: str = "relu",
+    linear: float = 0.0,
+    base: Distribution | None = None,
+) -> Flow:
+    """The mixture-CDF flow: each feature through the CDF of a mixture of logistics.
+
+    One `Elementwise` layer with a `LogisticMixtureTransformer`, whose explicit direction
+    is data -> base: ``z = logit(F(x)) * exp(log_scale) + shift`` per feature, with ``F``
+    the mixture's CDF (so ``F(x)`` itself is uniform on ``(0, 1)`` under the model: the 1-D
+    flow that course material on flows starts from). ``log_prob`` is one pass; sampling
+    solves for ``x`` (the transformer's bisection). With a standard
+    logistic ``base`` and zero ``shift`` / ``log_scale`` the density of each feature is
+    exactly the mixture of logistics; with the default standard normal base it is the
+    normal pushed through the inverse map. The features are independent given the
+    context: stack it under other flows, or use the transformer in a coupling
+    (`Coupling`, `ImageCoupling`), for dependence.
+
+    Args:
+        features: Event size.
+        context: Context size (the mixture's parameters then come from an MLP of it).
+        components: Number of logistic components.
+        hidden: Hidden widths of the MLP (with context only).
+        activation: Activation of the MLP.
+        linear: The transformer's share of the identity (`LogisticMixtureTransformer`):
+            0, the default, keeps the density exactly the mixture; a small positive value
+            bounds the slope from below, for a better conditioned sampling (inverse).
+        base: Base distribution (default standard normal).
+
+    Examples:
+        >>> import torch
+        >>> import pyro.distributions as dist
+        >>> import pyroflows.pyro as pf
+        >>> logistic = dist.Logistic(torch.zeros(1), torch.ones(1)).to_event(1)
+        >>> flow = pf.MixtureCDF(1, components=5, base=logistic)
+    """
+    transformer = LogisticMixtureTransformer(components, linear=linear)
+    layer = Elementwise(features, context, transformer, hidden, activation)
+    return Flow([layer], base)

@@ -125,7 +125,29 @@ class Scale(Bijection):
         return y * torch.exp(-self.log_scale), _batch_log_det(-self.log_scale.sum(), y)
 
 
-class LULinear(Bijection):
+class _LUFactors:
+    """The parameters ``lower``, ``upper`` (only their strict triangles are used) and
+    ``log_diagonal`` of an ``L U`` factorised ``(size, size)`` matrix, shared by `LULinear`
+    and `Conv1x1`: ``L`` is unit-lower and ``U`` upper triangular with diagonal
+    ``exp(log_diagonal)``, so the matrix is invertible for every parameter value."""
+
+    def _init_factors(self, size: int) -> None:
+        self.lower = nn.Parameter(torch.zeros(size, size))
+        self.upper = nn.Parameter(torch.zeros(size, size))
+        self.log_diagonal = nn.Parameter(torch.zeros(size))
+        ones = torch.ones(size, size)
+        self.register_buffer("lower_mask", torch.tril(ones, -1), persistent=False)
+        self.register_buffer("upper_mask", torch.triu(ones, 1), persistent=False)
+        self.register_buffer("eye", torch.eye(size), persistent=False)
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """The triangular factors ``(L, U)``."""
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.upper_mask + torch.diag(self.log_diagonal.exp())
+        return lower, upper
+
+
+class LULinear(_LUFactors, Bijection):
     """Invertible linear map ``y = L U x + bias`` with L unit-lower and U upper triangular.
 
     The diagonal of ``U`` is ``exp(log_diagonal)``, so the map is invertible for every
@@ -143,21 +165,8 @@ class LULinear(Bijection):
 
     def __init__(self, features: int) -> None:
         super().__init__(features)
-        features = self.features
-        self.lower = nn.Parameter(torch.zeros(features, features))
-        self.upper = nn.Parameter(torch.zeros(features, features))
-        self.log_diagonal = nn.Parameter(torch.zeros(features))
-        self.bias = nn.Parameter(torch.zeros(features))
-        ones = torch.ones(features, features)
-        self.register_buffer("lower_mask", torch.tril(ones, -1), persistent=False)
-        self.register_buffer("upper_mask", torch.triu(ones, 1), persistent=False)
-        self.register_buffer("eye", torch.eye(features), persistent=False)
-
-    def factors(self) -> tuple[Tensor, Tensor]:
-        """The triangular factors ``(L, U)``."""
-        lower = self.lower * self.lower_mask + self.eye
-        upper = self.upper * self.upper_mask + torch.diag(self.log_diagonal.exp())
-        return lower, upper
+        self._init_factors(self.features)
+        self.bias = nn.Parameter(torch.zeros(self.features))
 
     def weight(self) -> Tensor:
         """The matrix ``L @ U``."""
@@ -180,7 +189,7 @@ class LULinear(Bijection):
         return x, _batch_log_det(-self.log_diagonal.sum(), y)
 
 
-class Conv1x1(Bijection):
+class Conv1x1(_LUFactors, Bijection):
     """Invertible 1x1 convolution (Glow): every pixel's channels are mixed by one matrix.
 
     The matrix is ``P L U`` with a fixed permutation ``P`` (seeded, from
@@ -205,27 +214,15 @@ class Conv1x1(Bijection):
         super().__init__(int(np.prod(shape)), shape=shape)
         channels = shape[0]
         self.seed = seed
-        self.lower = nn.Parameter(torch.zeros(channels, channels))
-        self.upper = nn.Parameter(torch.zeros(channels, channels))
-        self.log_diagonal = nn.Parameter(torch.zeros(channels))
+        self._init_factors(channels)
         order = np.arange(channels) if seed is None else structure.permutation(channels, seed)
-        ones = torch.ones(channels, channels)
         self.register_buffer("order", torch.as_tensor(order), persistent=False)
         self.register_buffer(
             "unorder", torch.as_tensor(structure.inverse_permutation(order)), persistent=False
         )
-        self.register_buffer("lower_mask", torch.tril(ones, -1), persistent=False)
-        self.register_buffer("upper_mask", torch.triu(ones, 1), persistent=False)
-        self.register_buffer("eye", torch.eye(channels), persistent=False)
 
     def extra_repr(self) -> str:
         return f"shape={self.event_shape}, seed={self.seed}"
-
-    def factors(self) -> tuple[Tensor, Tensor]:
-        """The triangular factors ``(L, U)``."""
-        lower = self.lower * self.lower_mask + self.eye
-        upper = self.upper * self.upper_mask + torch.diag(self.log_diagonal.exp())
-        return lower, upper
 
     def weight(self) -> Tensor:
         """The ``(C, C)`` matrix ``P L U`` (row ``i`` of the output is row ``order[i]``)."""
@@ -249,11 +246,14 @@ class Conv1x1(Bijection):
     ) -> tuple[Tensor, Tensor]:
         lower, upper = self.factors()
         channels, height, width = self.event_shape
-        batch = batch_shape_of(y, self.event_shape)
-        # channels last, unpermuted: solve L U x = P^T y for every pixel
-        rows = y.index_select(-3, self.unorder).reshape(*batch, channels, height * width)
+        # channels first, unpermuted, every pixel of every event a column: L U x = P^T y.
+        # One right-hand side of C rows (not one per event) keeps the solves, and their
+        # backward (no per-event copies of L and U to sum), to two calls.
+        rows = y.index_select(-3, self.unorder).reshape(-1, channels, height * width)
+        rows = rows.transpose(0, 1).reshape(channels, -1)
         z = torch.linalg.solve_triangular(lower, rows, upper=False, unitriangular=True)
         x = torch.linalg.solve_triangular(upper, z, upper=True)
+        x = x.reshape(channels, -1, height * width).transpose(0, 1)
         return x.reshape(y.shape), self._log_det(-1.0, y)
 
 

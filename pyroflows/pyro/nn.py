@@ -8,6 +8,7 @@ the transformer it feeds starts as the identity.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyroflows import _checks, structure
+from pyroflows import _checks, _image, structure
 from pyroflows._residual import (
     LIPSWISH_SLOPE,
     POWER_CHECK,
@@ -140,10 +141,51 @@ class ConvResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_channels, H, W) -> (N, out_channels, H, W)``."""
-        h = self.input(x)
+        h = _conv3x3(self.input, x)
         for first, second in self.blocks:
-            h = h + second(self._act(first(self._act(h))))
-        return self.output(self._act(h))
+            h = h + _conv3x3(second, self._act(_conv3x3(first, self._act(h))))
+        return _conv3x3(self.output, self._act(h))
+
+
+#: Largest dense matrix (``in * H * W`` by ``out * H * W`` entries) of a 3x3 convolution that
+#: `_conv3x3` runs as one matrix product on CPU: for any image size, and, on images of at
+#: most 9 pixels (where the dense product does no more multiplications than the
+#: convolution), up to `DENSE_CONV_SMALL_IMAGE` entries.
+DENSE_CONV_ENTRIES = 2**17
+DENSE_CONV_SMALL_IMAGE = 2**20
+
+
+@functools.lru_cache(maxsize=32)
+def _conv3x3_taps(height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """`pyroflows._image.conv3x3_taps` as a tensor of ``dtype`` on ``device``."""
+    with torch.inference_mode(False):  # a cached normal tensor, usable under autograd later
+        return torch.as_tensor(_image.conv3x3_taps(height, width), dtype=dtype, device=device)
+
+
+def _conv3x3(layer: nn.Conv2d, x: Tensor) -> Tensor:
+    """``layer(x)`` for a 3x3, padding-1 ``nn.Conv2d`` on ``(N, C, H, W)``.
+
+    On CPU, small images with few channels go through the convolution's dense matrix
+    ``(C H W, out H W)`` (built from the kernel by a 0/1 matrix, so its entries are the
+    kernel's exactly) in one ``addmm``: there oneDNN's per-call overhead, mostly in the
+    backward pass, outweighs the arithmetic (a Glow step on 8x8 digits spends half its time
+    in convolutions of 2x2 and 4x4 images). The result is the convolution's up to float
+    rounding (the sums run in another order); the parameters are the layer's own.
+    """
+    n, channels, height, width = x.shape
+    pixels = height * width
+    out = layer.out_channels
+    entries = channels * out * pixels * pixels
+    if x.device.type != "cpu" or not (
+        entries <= DENSE_CONV_ENTRIES or (pixels <= 9 and entries <= DENSE_CONV_SMALL_IMAGE)
+    ):
+        return layer(x)
+    taps = _conv3x3_taps(height, width, layer.weight.dtype, layer.weight.device)
+    # (out, C, q, p) -> (C q, out p): x's pixels q in, the output's pixels p out
+    dense = (layer.weight.reshape(out * channels, 9) @ taps).view(out, channels, pixels, pixels)
+    dense = dense.permute(1, 2, 0, 3).reshape(channels * pixels, out * pixels)
+    bias = layer.bias.repeat_interleave(pixels)
+    return torch.addmm(bias, x.reshape(n, channels * pixels), dense).view(n, out, height, width)
 
 
 class MaskedLinear(nn.Linear):

@@ -50,7 +50,6 @@ from torch import Tensor, nn
 from pyroflows import _checks
 from pyroflows._residual import (
     ABOVE_MINUS_ONE_SHIFT,
-    ELEMENT_SCALE,
     LOGDET_MODES,
     ROULETTE_STOP,
     ConvergenceError,
@@ -64,7 +63,12 @@ from pyroflows._residual import (
     radial_layout,
     sylvester_layout,
 )
-from pyroflows.pyro.core import Bijection, broadcast_context
+from pyroflows.pyro.core import (
+    Bijection,
+    broadcast_context,
+    raise_unconverged,
+    solve_bracketed,
+)
 from pyroflows.pyro.nn import MLP, LipschitzMLP
 from pyroflows.pyro.transformers import softplus
 
@@ -324,40 +328,13 @@ def solve_monotone(
     with torch.no_grad():
         s, q, c, t = torch.broadcast_tensors(s, q, c, t)
         lo, hi = t - s.abs(), t + s.abs()
-        x = t.clone()
-        done = torch.zeros_like(t, dtype=torch.bool)
-        step = torch.zeros_like(t)
-        for _ in range(max_iter):
-            th = torch.tanh(q * x + c)
-            f = x + s * th - t
-            df = 1 + s * q * (1 - th * th)
-            hi = torch.where(f > 0, x, hi)
-            lo = torch.where(f < 0, x, lo)
-            new = x - f / df
-            new = torch.where((new > lo) & (new < hi), new, (lo + hi) / 2)
-            step = (new - x).abs()
-            x = new
-            done = step <= atol * (1 + x.abs())
-            if bool(done.all()):
-                break
-    return x, done, step
 
+    def newton_step(x: Tensor) -> tuple[Tensor, Tensor]:
+        th = torch.tanh(q * x + c)
+        f = x + s * th - t
+        return f, f / (1 + s * q * (1 - th * th))
 
-def _raise_unconverged(owner: str, max_iter: int, atol: float, done: Tensor, step: Tensor):
-    rows = done.reshape(done.shape[0], -1).all(-1)
-    if not bool(rows.all()):
-        raise ConvergenceError(
-            convergence_message(
-                max_iter,
-                atol,
-                int((~rows).sum()),
-                rows.shape[0],
-                float(step.max()),
-                owner=owner,
-                method="inverse",
-                relative=ELEMENT_SCALE,
-            )
-        )
+    return solve_bracketed(newton_step, t.detach().clone(), lo, hi, atol, max_iter)
 
 
 def _upper(matrix: Tensor) -> Tensor:
@@ -535,7 +512,7 @@ class PlanarLayer(_ClosedFormLayer):
         t = (p["w"] * y).sum(-1, keepdim=True) + p["b"]
         one, zero = torch.ones_like(s), torch.zeros_like(s)
         a, done, step = solve_monotone(s, one, zero, t, atol, self.max_iter)
-        _raise_unconverged(self.owner, self.max_iter, atol, done, step)
+        raise_unconverged(done, step, self.max_iter, atol, owner=self.owner)
         # one Newton step in the graph: the exact (implicit) gradient of the root
         th = torch.tanh(a)
         a = a - (a + s * th - t) / (1 + s * (1 - th * th)).detach()
@@ -743,7 +720,7 @@ class SylvesterLayer(_ClosedFormLayer):
                 th = torch.where(here, torch.tanh(k * x + c).unsqueeze(-1), th)
                 done = torch.where(here, ok.unsqueeze(-1), done)
                 step = torch.where(here, last.unsqueeze(-1), step)
-        _raise_unconverged(self.owner, self.max_iter, atol, done, step)
+        raise_unconverged(done, step, self.max_iter, atol, owner=self.owner)
         # one Newton step of the whole (triangular) system in the graph: exact gradients
         th = torch.tanh((r_tilde @ v.unsqueeze(-1)).squeeze(-1) + b)
         residual = v + (r @ th.unsqueeze(-1)).squeeze(-1) - target
