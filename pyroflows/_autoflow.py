@@ -13,7 +13,7 @@ from __future__ import annotations
 import numbers
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,9 +22,18 @@ __all__ = [
     "RECIPE_NAMES",
     "RESIDUAL_RECIPES",
     "AMORTIZED_NAMES",
+    "MODE_FIT",
+    "RESTARTS",
+    "Mixture",
+    "WarmStart",
     "amortized_kwargs",
     "base_kind",
     "check_arguments",
+    "check_restarts",
+    "find_modes",
+    "mode_fit_data",
+    "posterior_draws",
+    "resample",
     "recipe_kwargs",
     "warm_start",
 ]
@@ -106,6 +115,15 @@ def check_stl(stl: Any) -> bool:
     if not isinstance(stl, (bool, np.bool_)):
         raise TypeError(f"stl must be True or False, got {stl!r}")
     return bool(stl)
+
+
+def check_restarts(restarts: Any) -> int:
+    """``restarts`` (extra starts of the mode search) must be an integer >= 0."""
+    if isinstance(restarts, (bool, np.bool_)) or not (
+        isinstance(restarts, numbers.Integral) and restarts >= 0
+    ):
+        raise ValueError(f"restarts must be an integer >= 0, got {restarts!r}")
+    return int(restarts)
 
 
 def base_kind(base: Any, base_df: Any) -> str:
@@ -304,6 +322,219 @@ def laplace_scale_tril(hessian: np.ndarray, init_scale: float) -> np.ndarray:
 #: Multiples of ``init_scale`` tried for the isotropic candidates (the best ELBO wins).
 SCALE_MULTIPLES = (1.0, 10**0.5, 10.0)
 
+#: Extra MAP searches of the mode search (``AutoFlow(restarts=...)``'s default), each from a
+#: point drawn uniformly in ``[-RESTART_RADIUS, RESTART_RADIUS]`` per unconstrained coordinate:
+#: where ``init_to_uniform`` draws its starts.
+RESTARTS, RESTART_RADIUS = 8, 2.0
+#: Two end points of the MAP search lie in one basin when the potential on the segment
+#: between them rises at most ``BASIN_BARRIER`` nats above the higher end point.
+BASIN_BARRIER = 1.0
+#: Modes whose estimated posterior mass is below this fraction of the total are left out.
+MIN_MODE_WEIGHT = 0.01
+#: How ``AutoFlow`` fits its flow to a multimodal start (``warm_start_ == "modes"``):
+#: ``fit``'s keyword arguments on ``draws`` draws of the modes' mixture.
+MODE_PROPOSAL_WIDTHS, PILOT_DRAWS, MIN_PROPOSAL_ESS = (1.0, 1.5, 2.0, 3.0, 5.0), 512, 0.05
+MODE_FIT = {"draws": 4096, "epochs": 60, "batch_size": 256, "lr": 3e-3, "patience": 10}
+
+
+class Mixture(NamedTuple):
+    """Gaussian mixture over a multimodal posterior's modes: one local Gaussian per mode
+    (``locs[k]``, ``scale_trils[k]``) and its share of the posterior mass (``weights``)."""
+
+    weights: np.ndarray
+    locs: np.ndarray
+    scale_trils: np.ndarray
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """``n`` draws (float64), from a numpy generator seeded with ``seed``."""
+        rng = np.random.default_rng(seed)
+        component = rng.choice(len(self.weights), size=n, p=self.weights)
+        eps = rng.standard_normal((n, self.locs.shape[-1]))
+        return self.locs[component] + np.einsum("nij,nj->ni", self.scale_trils[component], eps)
+
+    def component_log_prob(self, k: int, x: np.ndarray) -> np.ndarray:
+        """``log weights[k] + log N(x; locs[k], scale_trils[k] scale_trils[k]^T)`` per row."""
+        tril = self.scale_trils[k]
+        half = np.linalg.solve(tril, (x - self.locs[k]).T).T
+        log_det = np.log(np.abs(np.diagonal(tril))).sum()
+        d = self.locs.shape[-1]
+        norm = -0.5 * (half**2).sum(-1) - log_det - 0.5 * d * np.log(2 * np.pi)
+        return np.log(self.weights[k]) + norm
+
+    def log_prob(self, x: np.ndarray) -> np.ndarray:
+        """The mixture's log density at the rows of ``x`` (float64)."""
+        per = [self.component_log_prob(k, x) for k in range(len(self.weights))]
+        return np.logaddexp.reduce(np.stack(per), axis=0)
+
+    def widened(self, factor: float) -> Mixture:
+        """The same mixture with every component's scale multiplied by ``factor``."""
+        return Mixture(self.weights, self.locs, factor * self.scale_trils)
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mixture's mean and the Cholesky factor of its covariance."""
+        mean = self.weights @ self.locs
+        spread = self.locs - mean
+        within = np.einsum("kij,klj->kil", self.scale_trils, self.scale_trils)
+        cov = np.einsum("k,kij->ij", self.weights, within + spread[:, :, None] * spread[:, None])
+        return mean, np.linalg.cholesky(0.5 * (cov + cov.T))
+
+
+class WarmStart(NamedTuple):
+    """The frozen Gaussian under ``AutoFlow``'s flow and how it was chosen.
+
+    ``name`` is ``"init"``, ``"map"``, ``"laplace"`` or ``"modes"``; with ``"modes"`` the
+    search found several modes, ``(loc, scale_tril)`` are the moments of ``mixture`` and the
+    backend fits the flow to draws of ``mixture`` before SVI starts.
+    """
+
+    loc: np.ndarray
+    scale_tril: np.ndarray
+    name: str
+    mixture: Mixture | None = None
+
+
+def resample(draws: np.ndarray, log_weights: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
+    """Systematic resampling of ``draws`` by their importance weights (numpy generator
+    seeded with ``seed``); also returns the weights' effective sample size as a fraction of
+    the number of draws (0 if no weight is finite)."""
+    n = len(draws)
+    log_weights = np.where(np.isfinite(log_weights), log_weights, -np.inf)
+    if not np.isfinite(log_weights).any():
+        return draws, 0.0
+    weights = np.exp(log_weights - log_weights.max())
+    weights /= weights.sum()
+    rng = np.random.default_rng(seed + 1)
+    positions = (rng.uniform() + np.arange(n)) / n
+    index = np.minimum(np.searchsorted(np.cumsum(weights), positions), n - 1)
+    return draws[index], float(1.0 / (n * (weights**2).sum()))
+
+
+def posterior_draws(
+    mixture: Mixture, log_density: Callable[[np.ndarray], np.ndarray], n: int, seed: int = 0
+) -> tuple[np.ndarray, float]:
+    """``n`` approximate posterior draws by importance resampling from a widened mixture.
+
+    Proposals: ``mixture.widened(w)`` for each ``w`` in ``MODE_PROPOSAL_WIDTHS``. A pilot
+    of ``PILOT_DRAWS`` draws of each gives the Pareto k-hat of its importance weights
+    (PSIS, ArviZ): a proposal whose tails are lighter than the posterior's, which misses
+    mass that its own effective sample size cannot show, has a large k-hat. Among the
+    proposals with k-hat under 0.7 the one of the largest effective sample size is kept
+    (the lowest k-hat if none), and ``n`` draws of it are resampled by their
+    PSIS-smoothed weights (`resample`). Returns the draws and their effective sample size
+    as a fraction of ``n``: where it is small the draws repeat a few points, and the
+    caller uses the mixture's own draws instead.
+    """
+    import arviz
+
+    def weighted(width: float, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+        proposal = mixture.widened(width)
+        draws = proposal.sample(count, seed)
+        log_weights = np.asarray(log_density(draws), np.float64) - proposal.log_prob(draws)
+        log_weights = np.where(np.isfinite(log_weights), log_weights, -np.inf)
+        if np.isfinite(log_weights).sum() < 10:
+            return draws, log_weights, np.inf
+        smoothed, k_hat = arviz.psislw(np.where(np.isfinite(log_weights), log_weights, -1e300))
+        return draws, np.asarray(smoothed), float(k_hat)
+
+    pilot = []
+    for width in MODE_PROPOSAL_WIDTHS:
+        _, log_weights, k_hat = weighted(width, min(n, PILOT_DRAWS), seed)
+        pilot.append((k_hat, resample(log_weights[:, None], log_weights, seed)[1], width))
+    if not any(np.isfinite(k) for k, _, _ in pilot):
+        return mixture.sample(n, seed), 0.0
+    reliable = [item for item in pilot if item[0] < 0.7]
+    if reliable:
+        width = max(reliable, key=lambda item: item[1])[2]
+    else:
+        width = min(pilot, key=lambda item: item[0])[2]
+    draws, log_weights, _ = weighted(width, n, seed + 2)
+    return resample(draws, log_weights, seed)
+
+
+def mode_fit_data(
+    mixture: Mixture, log_density: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """What ``AutoFlow`` fits its transport to on a multimodal posterior.
+
+    ``MODE_FIT["draws"]`` posterior draws by `posterior_draws` (the mixture's own draws
+    where their effective sample size is under ``MIN_PROPOSAL_ESS``); the Gaussian of
+    their mean and covariance, which the transport starts from; and the Cholesky factor of
+    the pooled covariance within the modes (each draw assigned to the mixture component most
+    likely to have drawn it), the scale of the space where SVI trains the flow.
+
+    Returns:
+        ``(loc, scale_tril, within_tril, standardised_draws, ess)``: the draws standardised
+        by ``(loc, scale_tril)``.
+    """
+    n, d = MODE_FIT["draws"], mixture.locs.shape[-1]
+    draws, ess = posterior_draws(mixture, log_density, n)
+    if ess < MIN_PROPOSAL_ESS:
+        draws = mixture.sample(n)
+    loc = draws.mean(0)
+    jitter = 1e-9 * np.eye(d)
+    cov = np.atleast_2d(np.cov(draws, rowvar=False))
+    scale_tril = np.linalg.cholesky(cov + jitter * np.trace(cov) / d)
+    owner = np.argmax(
+        [mixture.component_log_prob(k, draws) for k in range(len(mixture.weights))], 0
+    )
+    within, count = np.zeros((d, d)), 0
+    for k in np.unique(owner):
+        members = draws[owner == k]
+        if len(members) > d + 1:
+            within += len(members) * np.atleast_2d(np.cov(members, rowvar=False))
+            count += len(members)
+    within = within / count if count else cov
+    within_tril = np.linalg.cholesky(within + jitter * np.trace(within) / d)
+    standard = np.linalg.solve(scale_tril, (draws - loc).T).T
+    return loc, scale_tril, within_tril, standard, ess
+
+
+def restart_points(init: np.ndarray, restarts: int) -> np.ndarray:
+    """The extra starts of the mode search: ``(restarts, dim)`` uniform draws in
+    ``[-RESTART_RADIUS, RESTART_RADIUS]`` from a generator seeded with 0 (reproducible)."""
+    rng = np.random.default_rng(0)
+    return rng.uniform(-RESTART_RADIUS, RESTART_RADIUS, (restarts, init.shape[-1]))
+
+
+def same_basin(a: np.ndarray, b: np.ndarray, potential: Callable[[np.ndarray], float]) -> bool:
+    """Whether no barrier of more than ``BASIN_BARRIER`` nats separates ``a`` and ``b``."""
+    top = max(potential(a), potential(b))
+    for t in np.linspace(0.0, 1.0, 11)[1:-1]:
+        if not potential(a + t * (b - a)) <= top + BASIN_BARRIER:
+            return False
+    return True
+
+
+def find_modes(
+    starts: np.ndarray,
+    *,
+    max_steps: int,
+    potential: Callable[[np.ndarray], float],
+    derivatives: Derivatives,
+    lbfgs: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The distinct local modes reached by a MAP search from each start, lowest potential
+    first: ``(z, grad, hessian)`` for each, one per basin (see `same_basin`).
+
+    Starts from which the search reaches no mode (`is_mode`) are dropped; above
+    ``NEWTON_MAX_DIM`` dimensions the search is ``lbfgs``, else saddle-free Newton.
+    """
+    found = []
+    for start in starts:
+        if start.shape[-1] > NEWTON_MAX_DIM and lbfgs is not None:
+            z = np.asarray(lbfgs(start), dtype=np.float64)
+            grad, hessian = derivatives(z)
+        else:
+            z, grad, hessian = newton_map(start, potential, derivatives, max_steps)
+        if is_mode(grad, hessian):
+            found.append((potential(z), z, grad, hessian))
+    found.sort(key=lambda item: item[0])
+    modes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for _, z, grad, hessian in found:
+        if not any(same_basin(z, kept[0], potential) for kept in modes):
+            modes.append((z, grad, hessian))
+    return modes
+
 
 def warm_start(
     init: np.ndarray,
@@ -315,34 +546,46 @@ def warm_start(
     derivatives: Derivatives,
     gaussian_elbo: Callable[[np.ndarray, np.ndarray], float],
     lbfgs: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray, str]:
+    restarts: int = 0,
+) -> WarmStart:
     """Location and Cholesky factor of the frozen Gaussian under the flow.
 
-    Candidates: isotropic Gaussians at the ``init`` point (always) and at the MAP
-    (``warmup="map"`` or ``"laplace"``), each with the best of the scales ``init_scale``
-    times ``SCALE_MULTIPLES``, and the Laplace approximation at the MAP (``"laplace"``).
-    The one with the highest Monte Carlo ELBO wins, so a posterior without a MAP (a funnel,
-    where the search runs off to a singularity) falls back to a sound start instead of a
-    degenerate one; when the search reaches no mode at all it warns and starts from
-    ``init``. ``warmup=None`` skips all of it: ``init`` with ``init_scale``.
+    The MAP search runs from ``init`` and from ``restarts`` more points (`restart_points`);
+    its end points are grouped into basins (`find_modes`). With one mode, the candidates
+    are isotropic Gaussians at the ``init`` point (always) and at the MAP (``warmup="map"``
+    or ``"laplace"``), each with the best of the scales ``init_scale`` times
+    ``SCALE_MULTIPLES``, and the Laplace approximation at the MAP (``"laplace"``). The one
+    with the highest Monte Carlo ELBO wins, so a posterior without a MAP (a funnel, where the
+    search runs off to a singularity) falls back to a sound start instead of a degenerate
+    one; when the search reaches no mode at all it warns and starts from ``init``.
+
+    With several modes, each gets its best local Gaussian (isotropic or Laplace, by ELBO)
+    and a share of the mass from those ELBOs (a softmax: the ELBO of a mode's Gaussian
+    estimates the log of the posterior mass it covers); modes under ``MIN_MODE_WEIGHT`` are
+    left out. If more than one remains, the result is ``"modes"``: the moments of that
+    mixture, which cover every mode, and the mixture itself. Choosing the best single
+    candidate instead would start the guide on one mode, where the reverse KL of SVI keeps it.
+
+    ``warmup=None`` skips all of it: ``init`` with ``init_scale``.
 
     Args:
         init: Starting point (the ``init_loc_fn`` location), float64.
         warmup: ``"laplace"``, ``"map"`` or ``None``.
         init_scale: Smallest scale of the isotropic candidates.
-        max_steps: Maximum Newton (or L-BFGS) iterations.
+        max_steps: Maximum Newton (or L-BFGS) iterations of each search.
         potential: Minus the log joint at a point (``inf`` where the model rejects it).
         derivatives: Gradient and Hessian of ``potential`` at a point.
         gaussian_elbo: Monte Carlo ELBO (up to a constant) of ``Normal(loc, L L^T)``.
         lbfgs: MAP search for latent dimensions above ``NEWTON_MAX_DIM``.
+        restarts: Extra starts of the search (0: from ``init`` only).
 
     Returns:
-        ``(loc, scale_tril, name)`` with ``name`` in ``{"init", "map", "laplace"}``.
+        A `WarmStart`.
     """
     init = np.asarray(init, dtype=np.float64)
     eye = np.eye(init.shape[-1])
     if warmup is None:
-        return init, init_scale * eye, "init"
+        return WarmStart(init, init_scale * eye, "init")
 
     def isotropic(loc: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], float]:
         tried = [(loc, init_scale * m * eye) for m in SCALE_MULTIPLES]
@@ -350,19 +593,36 @@ def warm_start(
         best = int(np.argmax(scores))
         return tried[best], scores[best]
 
-    candidates, scores = {}, {}
-    candidates["init"], scores["init"] = isotropic(init)
-    if init.shape[-1] > NEWTON_MAX_DIM and lbfgs is not None:
-        z = np.asarray(lbfgs(init), dtype=np.float64)
-        grad, hessian = derivatives(z)
-    else:
-        z, grad, hessian = newton_map(init, potential, derivatives, max_steps)
-    if not is_mode(grad, hessian):
+    def local(z: np.ndarray, hessian: np.ndarray) -> dict[str, tuple]:
+        """The mode's candidates: ``name -> ((loc, scale_tril), elbo)``."""
+        found = {"map": isotropic(z)}
+        if warmup == "laplace":
+            laplace = (z, laplace_scale_tril(hessian, init_scale))
+            found["laplace"] = (laplace, gaussian_elbo(*laplace))
+        return found
+
+    starts = np.concatenate([init[None], restart_points(init, restarts)])
+    modes = find_modes(
+        starts, max_steps=max_steps, potential=potential, derivatives=derivatives, lbfgs=lbfgs
+    )
+    if not modes:
         warnings.warn(NO_MODE_WARNING, stacklevel=4)
-        return (*candidates["init"], "init")
-    candidates["map"], scores["map"] = isotropic(z)
-    if warmup == "laplace":
-        candidates["laplace"] = (z, laplace_scale_tril(hessian, init_scale))
-        scores["laplace"] = gaussian_elbo(*candidates["laplace"])
-    best = max(scores, key=lambda name: scores[name])
-    return (*candidates[best], best)
+        return WarmStart(*isotropic(init)[0], "init")
+    per_mode = [local(z, hessian) for z, _, hessian in modes]
+    if len(modes) > 1:
+        best = [max(found.values(), key=lambda item: item[1]) for found in per_mode]
+        scores = np.array([score for _, score in best])
+        weights = np.exp(scores - scores.max())
+        weights /= weights.sum()
+        keep = np.flatnonzero(weights >= MIN_MODE_WEIGHT)
+        if len(keep) > 1:
+            mixture = Mixture(
+                weights[keep] / weights[keep].sum(),
+                np.stack([best[k][0][0] for k in keep]),
+                np.stack([best[k][0][1] for k in keep]),
+            )
+            return WarmStart(*mixture.moments(), "modes", mixture)
+        per_mode = [per_mode[int(keep[0])]]
+    candidates = {"init": isotropic(init), **per_mode[0]}
+    name = max(candidates, key=lambda key: candidates[key][1])
+    return WarmStart(*candidates[name][0], name)

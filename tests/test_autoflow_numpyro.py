@@ -377,3 +377,71 @@ def test_first_call_under_jit_falls_back_to_the_init_start(warmup, recwarn):
     assert guide.warm_start_ == "init"
     fixed = guide.flow(svi.get_params(state)).layers[-1]
     np.testing.assert_allclose(fixed.scale_tril, 0.5 * np.eye(3))
+
+
+# ---------------------------------------------------------------- multimodal (issue 20)
+class _DualMoon(dist.Distribution):
+    """NumPyro's NeuTra example potential; ``sample`` is a placeholder (zeros), as there."""
+
+    support = dist.constraints.real_vector
+
+    def __init__(self):
+        super().__init__(event_shape=(2,))
+
+    def sample(self, key, sample_shape=()):
+        return jnp.zeros(sample_shape + self.event_shape)
+
+    def log_prob(self, x):
+        ring = 0.5 * ((jnp.linalg.norm(x, axis=-1) - 2.0) / 0.4) ** 2
+        bumps = -0.5 * ((x[..., :1] + jnp.array([-2.0, 2.0])) / 0.6) ** 2
+        return jax.scipy.special.logsumexp(bumps, axis=-1) - ring
+
+
+def _dual_moon():
+    numpyro.sample("x", _DualMoon())
+
+
+def test_dual_moon_starts_finds_both_moons_and_keeps_them(monkeypatch):
+    # a shorter transport fit than AutoFlow's (MODE_FIT), to keep the suite fast
+    from pyroflows import _autoflow
+
+    monkeypatch.setitem(_autoflow.MODE_FIT, "draws", 2048)
+    monkeypatch.setitem(_autoflow.MODE_FIT, "epochs", 20)
+    # --quick form of examples/neutra_dual_moon.py: the example's optimiser and loss
+    guide = AutoFlow(_dual_moon, "nsf", transforms=2, hidden=(16, 16))
+    svi = SVI(_dual_moon, guide, numpyro.optim.Adam(0.003), Trace_ELBO())
+    result = svi.run(jax.random.key(1), 200, progress_bar=False)
+    # the prior median (0, 0) has no gradient: AutoFlow starts where NumPyro's guides do
+    assert guide.init_loc_fn is numpyro.infer.init_to_uniform
+    assert guide.warm_start_ == "modes" and len(guide.modes_.weights) == 2
+    np.testing.assert_allclose(np.sort(np.abs(guide.modes_.locs[:, 0])), [2.0, 2.0], atol=0.05)
+    np.testing.assert_allclose(guide.modes_.weights, 0.5, atol=0.05)
+    x = guide.sample_posterior(jax.random.key(2), result.params, sample_shape=(4000,))["x"]
+    assert abs(float((x[:, 0] < 0).mean()) - 0.5) < 0.05  # both moons, one moon: 0 or 1
+    loss = Trace_ELBO(num_particles=4000).loss(jax.random.key(3), result.params, _dual_moon, guide)
+    assert loss < -1.6  # -log Z = -1.878; a guide on one moon stays above -1.19
+    # NeuTra runs on the multimodal guide (its warped space is the flow's base)
+    neutra = numpyro.infer.reparam.NeuTraReparam(guide, result.params)
+    mcmc = MCMC(NUTS(neutra.reparam(_dual_moon)), num_warmup=50, num_samples=50,
+                progress_bar=False)  # fmt: skip
+    mcmc.run(jax.random.key(4))
+    z = mcmc.get_samples()["auto_shared_latent"]
+    assert np.isfinite(np.asarray(neutra.transform_sample(z)["x"])).all()
+
+
+def test_an_explicit_invalid_init_loc_fn_raises_as_numpyro_does():
+    guide = AutoFlow(_dual_moon, init_loc_fn=numpyro.infer.init_to_median)
+    svi = SVI(_dual_moon, guide, numpyro.optim.Adam(0.003), Trace_ELBO())
+    with pytest.raises(RuntimeError, match="valid initial parameters"):
+        svi.init(jax.random.key(0))
+
+
+def test_restarts_zero_keeps_the_single_mode_warm_start():
+    guide = AutoFlow(
+        _dual_moon,
+        init_loc_fn=numpyro.infer.init_to_value(values={"x": jnp.array([1.5, 0.5])}),
+        restarts=0,
+    )
+    svi = SVI(_dual_moon, guide, numpyro.optim.Adam(0.003), Trace_ELBO())
+    svi.init(jax.random.key(0))
+    assert guide.warm_start_ in ("laplace", "map") and guide.modes_ is None

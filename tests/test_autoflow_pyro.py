@@ -398,3 +398,54 @@ def test_neutra_reparam_runs_nuts_on_the_warped_space():
     assert samples["v"].shape == (30,)
     assert samples["x"].shape == (30, 2)
     assert torch.isfinite(samples["v"]).all() and torch.isfinite(samples["x"]).all()
+
+
+# ---------------------------------------------------------------- multimodal (issue 20)
+class _DualMoon(dist.TorchDistribution):
+    """NumPyro's NeuTra example potential; ``sample`` is a placeholder (zeros), as there."""
+
+    arg_constraints = {}
+    support = dist.constraints.real_vector
+
+    def __init__(self):
+        super().__init__(event_shape=(2,))
+
+    def sample(self, sample_shape=()):
+        return torch.zeros(torch.Size(sample_shape) + self.event_shape)
+
+    def log_prob(self, x):
+        ring = 0.5 * ((torch.linalg.norm(x, dim=-1) - 2.0) / 0.4) ** 2
+        bumps = -0.5 * ((x[..., :1] + torch.tensor([-2.0, 2.0])) / 0.6) ** 2
+        return torch.logsumexp(bumps, dim=-1) - ring
+
+
+def _dual_moon():
+    pyro.sample("x", _DualMoon())
+
+
+def test_dual_moon_finds_both_moons_and_keeps_them(monkeypatch):
+    # a shorter transport fit than AutoFlow's (MODE_FIT), to keep the suite fast
+    from pyroflows import _autoflow
+
+    monkeypatch.setitem(_autoflow.MODE_FIT, "draws", 2048)
+    monkeypatch.setitem(_autoflow.MODE_FIT, "epochs", 20)
+    # --quick form of examples/neutra_dual_moon.py (NumPyro's example, here in Pyro)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    guide = AutoFlow(_dual_moon, "nsf", transforms=2, hidden=(16, 16))
+    svi = SVI(_dual_moon, guide, pyro.optim.Adam({"lr": 0.003}), Trace_ELBO())
+    for _ in range(300):
+        svi.step()
+    assert guide.warm_start_ == "modes" and len(guide.modes_.weights) == 2
+    np.testing.assert_allclose(np.sort(np.abs(guide.modes_.locs[:, 0])), [2.0, 2.0], atol=0.05)
+    np.testing.assert_allclose(guide.modes_.weights, 0.5, atol=0.05)
+    # the transport is frozen: buffers, not parameters, and carried by get_params
+    frozen = guide.flow.transforms[0]
+    assert isinstance(frozen, pf.infer.Frozen) and not list(frozen.parameters())
+    assert any(name.startswith("transforms.0.") for name in pf.get_params(guide.flow))
+    with torch.no_grad():
+        q = guide.get_posterior()
+        x = q.sample((4000,))
+        loss = float((q.log_prob(x) - _DualMoon().log_prob(x)).mean())
+    assert abs(float((x[:, 0] < 0).float().mean()) - 0.5) < 0.05  # one moon: 0 or 1
+    assert loss < -1.6  # -log Z = -1.878; a guide on one moon stays above -1.19

@@ -80,19 +80,19 @@ def test_laplace_scale_tril_is_the_cholesky_factor_of_the_covariance():
 def test_warm_start_picks_the_laplace_approximation_of_a_gaussian():
     mean, cov = _badly_scaled()
     potential, derivatives, elbo = _gaussian(mean, cov)
-    loc, tril, name = af.warm_start(
+    loc, tril, name, _ = af.warm_start(
         np.zeros(3), warmup="laplace", init_scale=0.1, max_steps=50,
         potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
     )  # fmt: skip
     assert name == "laplace"
     np.testing.assert_allclose((loc - mean) / np.sqrt(np.diag(cov)), 0.0, atol=1e-3)
     np.testing.assert_allclose(tril @ tril.T, cov, rtol=1e-8, atol=1e-12 * cov.max())
-    loc, tril, name = af.warm_start(
+    loc, tril, name, _ = af.warm_start(
         np.zeros(3), warmup="map", init_scale=0.1, max_steps=50,
         potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
     )  # fmt: skip
     assert name == "map" and np.allclose(tril, tril[0, 0] * np.eye(3))
-    loc, tril, name = af.warm_start(
+    loc, tril, name, _ = af.warm_start(
         np.ones(3), warmup=None, init_scale=0.1, max_steps=50,
         potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
     )  # fmt: skip
@@ -110,7 +110,7 @@ def test_warm_start_without_a_mode_warns_and_keeps_the_start():
         return grad, hessian
 
     with pytest.warns(UserWarning, match="did not reach a mode"):
-        loc, tril, name = af.warm_start(
+        loc, tril, name, _ = af.warm_start(
             np.array([0.0, 0.5]), warmup="laplace", init_scale=0.1, max_steps=200,
             potential=potential, derivatives=derivatives, gaussian_elbo=lambda m, s: 0.0,
         )  # fmt: skip
@@ -167,7 +167,7 @@ def test_base_kind_reads_base_and_base_df_together():
 
 def test_isotropic_candidates_take_the_scale_with_the_best_elbo():
     potential, derivatives, elbo = _gaussian(np.ones(4), np.eye(4))  # unit scales
-    loc, tril, name = af.warm_start(
+    loc, tril, name, _ = af.warm_start(
         np.zeros(4), warmup="map", init_scale=0.1, max_steps=50,
         potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
     )  # fmt: skip
@@ -175,7 +175,7 @@ def test_isotropic_candidates_take_the_scale_with_the_best_elbo():
     np.testing.assert_allclose(loc, 1.0, atol=1e-6)
     np.testing.assert_allclose(tril, np.eye(4))  # 0.1 x 10, not 0.1
     # warmup=None keeps init_scale as it is
-    _, tril, _ = af.warm_start(
+    _, tril, _, _ = af.warm_start(
         np.zeros(4), warmup=None, init_scale=0.1, max_steps=50,
         potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
     )  # fmt: skip
@@ -208,3 +208,127 @@ def test_newton_stops_early_where_the_potential_falls_without_end():
     assert z[0] < -20.0
     assert len(calls) < 100  # instead of the whole budget of 500 steps
     assert not af.is_mode(grad, hessian)
+
+
+def _two_modes(offset: float = 3.0, scale: float = 0.5, left: float = 0.5):
+    """An equal-width two-Gaussian mixture at ``(+-offset, 0)`` (weight ``left`` on the left)."""
+
+    def log_density(x):
+        x = np.atleast_2d(x)
+        parts = [
+            np.log(w) - 0.5 * (((x - [c, 0.0]) / scale) ** 2).sum(-1)
+            for w, c in ((left, -offset), (1 - left, offset))
+        ]
+        return np.logaddexp(*parts) - np.log(2 * np.pi * scale**2)
+
+    def potential(z):
+        return float(-log_density(z)[0])
+
+    def derivatives(z, h=1e-4):  # central differences: enough for the search
+        eye = np.eye(2) * h
+        grad = np.array([(potential(z + e) - potential(z - e)) / (2 * h) for e in eye])
+        hessian = np.array(
+            [[(potential(z + a + b) - potential(z + a - b) - potential(z - a + b)
+               + potential(z - a - b)) / (4 * h * h) for b in eye] for a in eye]
+        )  # fmt: skip
+        return grad, hessian
+
+    def gaussian_elbo(loc, scale_tril, draws=2000):
+        eps = np.random.default_rng(0).standard_normal((draws, 2))
+        values = log_density(loc + eps @ scale_tril.T)
+        return float(values.mean() + np.log(np.abs(np.diagonal(scale_tril))).sum())
+
+    return log_density, potential, derivatives, gaussian_elbo
+
+
+@pytest.mark.parametrize("left", [0.5, 0.8])
+def test_warm_start_finds_both_modes_and_their_masses(left):
+    log_density, potential, derivatives, elbo = _two_modes(left=left)
+    start = af.warm_start(
+        np.zeros(2), warmup="laplace", init_scale=0.1, max_steps=100, potential=potential,
+        derivatives=derivatives, gaussian_elbo=elbo, restarts=8,
+    )  # fmt: skip
+    assert start.name == "modes"
+    order = np.argsort(start.mixture.locs[:, 0])
+    np.testing.assert_allclose(start.mixture.locs[order], [[-3, 0], [3, 0]], atol=1e-3)
+    np.testing.assert_allclose(start.mixture.weights[order], [left, 1 - left], atol=0.03)
+    # the moments cover both modes: mean between them, spread across them
+    mean = left * -3 + (1 - left) * 3
+    np.testing.assert_allclose(start.loc, [mean, 0.0], atol=0.2)
+    sd = np.sqrt(0.25 + 9 - mean**2)
+    np.testing.assert_allclose(start.scale_tril[0, 0], sd, rtol=0.05)
+    # without restarts the search from 0 reaches one mode: the single-mode warm start
+    single = af.warm_start(
+        np.array([1.0, 0.0]), warmup="laplace", init_scale=0.1, max_steps=100,
+        potential=potential, derivatives=derivatives, gaussian_elbo=elbo,
+    )  # fmt: skip
+    assert single.name == "laplace" and single.mixture is None
+    np.testing.assert_allclose(single.loc, [3.0, 0.0], atol=1e-3)
+
+
+def test_one_basin_is_one_mode_and_a_light_mode_is_left_out():
+    _, potential, derivatives, elbo = _two_modes(offset=0.4, scale=0.5)  # one merged hump
+    start = af.warm_start(
+        np.zeros(2), warmup="laplace", init_scale=0.1, max_steps=100, potential=potential,
+        derivatives=derivatives, gaussian_elbo=elbo, restarts=8,
+    )  # fmt: skip
+    assert start.name in ("laplace", "map") and start.mixture is None
+    _, potential, derivatives, elbo = _two_modes(left=0.002)  # under MIN_MODE_WEIGHT
+    start = af.warm_start(
+        np.zeros(2), warmup="laplace", init_scale=0.1, max_steps=100, potential=potential,
+        derivatives=derivatives, gaussian_elbo=elbo, restarts=8,
+    )  # fmt: skip
+    assert start.mixture is None
+    np.testing.assert_allclose(start.loc, [3.0, 0.0], atol=1e-3)
+
+
+def test_mixture_density_draws_and_moments():
+    from scipy.stats import multivariate_normal
+
+    mixture = af.Mixture(
+        np.array([0.3, 0.7]),
+        np.array([[-2.0, 1.0], [1.0, 0.0]]),
+        np.array([[[1.0, 0.0], [0.5, 0.5]], [[0.3, 0.0], [0.0, 2.0]]]),
+    )
+    x = np.random.default_rng(1).standard_normal((5, 2))
+    expected = np.log(
+        sum(
+            w * multivariate_normal(m, t @ t.T).pdf(x)
+            for w, m, t in zip(mixture.weights, mixture.locs, mixture.scale_trils, strict=True)
+        )
+    )
+    np.testing.assert_allclose(mixture.log_prob(x), expected, rtol=1e-10)
+    draws = mixture.sample(200_000)
+    mean, tril = mixture.moments()
+    np.testing.assert_allclose(draws.mean(0), mean, atol=0.02)
+    np.testing.assert_allclose(np.cov(draws, rowvar=False), tril @ tril.T, atol=0.03)
+
+
+def test_resample_keeps_the_weighted_mean_and_reports_the_ess():
+    draws = np.random.default_rng(2).standard_normal((20_000, 1))
+    log_weights = draws[:, 0]  # N(0, 1) reweighted by exp(x): N(1, 1)
+    found, ess = af.resample(draws, log_weights)
+    np.testing.assert_allclose(found.mean(), 1.0, atol=0.03)
+    np.testing.assert_allclose(ess, np.exp(-1.0), atol=0.02)  # 1 / E[w^2] for this shift
+    assert af.resample(draws, np.zeros(len(draws)))[1] == pytest.approx(1.0)
+    assert af.resample(draws, np.full(len(draws), -np.inf))[1] == 0.0
+
+
+def test_mode_fit_data_draws_the_posterior_and_its_within_mode_scale():
+    log_density, *_ = _two_modes(scale=0.5)
+    mixture = af.Mixture(
+        np.array([0.5, 0.5]), np.array([[-3.0, 0.0], [3.0, 0.0]]), np.stack([0.3 * np.eye(2)] * 2)
+    )
+    loc, tril, within, standard, ess = af.mode_fit_data(mixture, log_density)
+    assert ess > 0.3
+    np.testing.assert_allclose(within @ within.T, 0.25 * np.eye(2), atol=0.03)
+    np.testing.assert_allclose(standard.mean(0), 0.0, atol=1e-8)
+    np.testing.assert_allclose(np.cov(standard, rowvar=False), np.eye(2), atol=1e-8)
+    np.testing.assert_allclose(loc + standard @ tril.T, loc + standard @ tril.T)
+    assert abs((standard[:, 0] < 0).mean() - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "8"])
+def test_check_restarts_rejects_what_is_not_a_count(bad):
+    with pytest.raises(ValueError, match="restarts must be an integer >= 0"):
+        af.check_restarts(bad)

@@ -401,6 +401,10 @@ T = {
         TORCH: lambda _: pf.AutoFlow(_pyro_model, warmup="newton"),
         JAX: lambda _: pfj.AutoFlow(_model, warmup="newton"),
     },
+    "autoflow-restarts": {
+        TORCH: lambda _: pf.AutoFlow(_pyro_model, restarts=-1),
+        JAX: lambda _: pfj.AutoFlow(_model, restarts=2.5),
+    },
     "autoflow-scale": {
         TORCH: lambda _: pf.AutoFlow(_pyro_model, init_scale=0),
         JAX: lambda _: pfj.AutoFlow(_model, init_scale=-1.0),

@@ -28,11 +28,21 @@ import numpyro.distributions as dist
 from jax import Array
 from numpyro.contrib.module import eqx_module
 from numpyro.infer.autoguide import AutoContinuous
-from numpyro.infer.initialization import init_to_median
+from numpyro.infer.initialization import init_to_median, init_to_uniform
 
-from pyroflows._autoflow import check_arguments, check_stl, recipe_kwargs, warm_start
+from pyroflows._autoflow import (
+    MODE_FIT,
+    RESTARTS,
+    WarmStart,
+    check_arguments,
+    check_restarts,
+    check_stl,
+    mode_fit_data,
+    recipe_kwargs,
+    warm_start,
+)
 from pyroflows.numpyro import flows as recipes
-from pyroflows.numpyro.core import Bijection
+from pyroflows.numpyro.core import Bijection, Chain
 from pyroflows.numpyro.distributions import Flow, FlowDistribution
 from pyroflows.numpyro.linear import LULinear
 
@@ -65,12 +75,18 @@ class AutoFlow(AutoContinuous):
         flow: A recipe name (``"iaf"`` (default), ``"nsf"``, ``"maf"``, ``"realnvp"``,
             ``"nice"``) or a callable ``(latent_dim, key) -> Flow``.
         prefix: Prefix of the guide's parameter sites.
-        init_loc_fn: Per-site initialisation; the MAP search starts there.
+        init_loc_fn: Per-site initialisation; the MAP search starts there. Default:
+            ``init_to_median``, and where NumPyro finds no valid start there (a median
+            with a non-finite density or gradient) ``init_to_uniform``, the start of
+            NumPyro's own autoguides.
         init_scale: Scale of the affine layer with ``warmup=None``; otherwise the smallest
             of the isotropic scales tried (``init_scale`` x 1, 3.2 and 10, the best Monte
             Carlo ELBO wins) where the Laplace approximation is not used.
         warmup: ``"laplace"`` (default), ``"map"`` or ``None``, as in the torch backend.
         warmup_steps: Maximum Newton (or L-BFGS) iterations of the MAP search.
+        restarts: Extra MAP searches from uniform draws in ``[-2, 2]`` per unconstrained
+            coordinate, to find the posterior's modes (see `pyroflows.pyro.AutoFlow`);
+            ``0`` searches from ``init_loc_fn`` only.
         num_samples: Monte Carlo draws used by `median` and `quantiles`.
         key: Random key for the flow's initial weights.
         base: ``"normal"`` (default), ``"laplace"`` (unit variance) or ``"student_t"``
@@ -99,10 +115,11 @@ class AutoFlow(AutoContinuous):
         flow: str | Callable = "iaf",
         *,
         prefix: str = "auto",
-        init_loc_fn: Callable = init_to_median,
+        init_loc_fn: Callable | None = None,
         init_scale: float = 0.1,
         warmup: str | None = "laplace",
         warmup_steps: int = 500,
+        restarts: int = RESTARTS,
         num_samples: int = 1000,
         key: Array | None = None,
         base: str = "normal",
@@ -120,10 +137,14 @@ class AutoFlow(AutoContinuous):
         self._init_scale = float(init_scale)
         self._warmup = warmup
         self._warmup_steps = int(warmup_steps)
+        self._restarts = check_restarts(restarts)
         self.num_samples = int(num_samples)
         self._key = key
         self._flow_init: Flow | None = None
-        super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
+        self._default_init = init_loc_fn is None
+        super().__init__(
+            model, prefix=prefix, init_loc_fn=init_to_median if init_loc_fn is None else init_loc_fn
+        )
 
     # ------------------------------------------------------------------ set-up
     def _build_flow(self, key: Array) -> Flow:
@@ -140,19 +161,56 @@ class AutoFlow(AutoContinuous):
         return flow
 
     def _setup_prototype(self, *args, **kwargs) -> None:
-        super()._setup_prototype(*args, **kwargs)
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except RuntimeError as error:
+            # the prior median is not a valid start (a potential-only model whose sample()
+            # is a placeholder, a density with no gradient there): start where NumPyro's
+            # own autoguides do
+            if not (self._default_init and "valid initial parameters" in str(error)):
+                raise
+            self.init_loc_fn = init_to_uniform
+            super()._setup_prototype(*args, **kwargs)
         key = self._key
         if key is None:
             key = numpyro.prng_key()
         if key is None:
             key = jax.random.key(0)
         flow = self._build_flow(key)
-        with numpyro.handlers.block():  # the MAP search runs the model: hide it from SVI
-            loc, scale_tril = self._warm_start(jnp.asarray(self._init_latent))
         dtype = jnp.asarray(self._init_latent).dtype
-        standardise = FixedAffine(loc.astype(dtype), scale_tril.astype(dtype))
-        layers = [*flow.layers, LULinear(self.latent_dim), standardise]
-        self._flow_init = Flow(layers, self._base(dtype))
+        layers = [*flow.layers, LULinear(self.latent_dim)]
+        with numpyro.handlers.block():  # the MAP search runs the model: hide it from SVI
+            start = self._warm_start(jnp.asarray(self._init_latent))
+            loc, scale_tril = (jnp.asarray(a, dtype) for a in start[:2])
+            if start.mixture is not None:
+                loc, scale_tril, transport = self._fit_to_modes(start, key, dtype)
+                layers = [*transport, *layers]
+        self._flow_init = Flow([*layers, FixedAffine(loc, scale_tril)], self._base(dtype))
+
+    def _fit_to_modes(self, start: WarmStart, key: Array, dtype) -> tuple[Array, Array, list]:
+        """The frozen Gaussian and the frozen transport of a multimodal start: a spline
+        coupling flow fitted by maximum likelihood to posterior draws (see
+        `pyroflows._autoflow.mode_fit_data`)."""
+        from pyroflows.numpyro.train import fit
+
+        potential = jax.jit(jax.vmap(self._potential))
+        loc, scale_tril, within, standard, self.mode_fit_ess_ = mode_fit_data(
+            start.mixture, lambda x: -np.asarray(potential(jnp.asarray(x, dtype)), np.float64)
+        )
+        d = self.latent_dim
+        transport = recipes.NSF(d, key=jax.random.fold_in(key, 1), **recipe_kwargs("nsf", d, {}))
+        trained, _ = fit(
+            Flow(transport.layers, self._base(dtype)),
+            jnp.asarray(standard, dtype),
+            **{k: v for k, v in MODE_FIT.items() if k != "draws"},
+            progress=False,
+        )
+        # SVI trains the flow where the modes have unit scale (Adam's steps are then small
+        # against every mode's width), between the transport and the frozen Gaussian
+        to_within = np.linalg.solve(within, scale_tril)
+        zeros = jnp.zeros(d, dtype)
+        transport = [Frozen(trained.layers), FixedAffine(zeros, jnp.asarray(to_within, dtype))]
+        return jnp.asarray(loc, dtype), jnp.asarray(within, dtype), transport
 
     def _potential(self, latent: Array) -> Array:
         """Minus the log joint density of the model in the unconstrained space."""
@@ -184,7 +242,7 @@ class AutoFlow(AutoContinuous):
                     break
         return best_z
 
-    def _warm_start(self, init: Array) -> tuple[Array, Array]:
+    def _warm_start(self, init: Array) -> WarmStart:
         """Location and Cholesky factor of the frozen Gaussian under the flow.
 
         The choice among the ``init_loc_fn`` point, the MAP and the Laplace approximation is
@@ -201,7 +259,8 @@ class AutoFlow(AutoContinuous):
                     stacklevel=3,
                 )
             self.warm_start_ = "init"
-            return init, self._init_scale * jnp.eye(self.latent_dim, dtype=dtype)
+            self.modes_ = None  # the location may be a tracer: keep it as it is
+            return WarmStart(init, self._init_scale * jnp.eye(self.latent_dim, dtype=dtype), "init")
         potential = self._potential
 
         @jax.jit  # traced, so a model's argument checks cannot raise at a bad trial point
@@ -221,7 +280,7 @@ class AutoFlow(AutoContinuous):
             value = float(-values.mean() + jnp.log(jnp.abs(jnp.diagonal(tril))).sum())
             return value if np.isfinite(value) else -np.inf
 
-        loc, scale_tril, self.warm_start_ = warm_start(
+        start = warm_start(
             np.asarray(init, dtype=np.float64),
             warmup=self._warmup,
             init_scale=self._init_scale,
@@ -230,8 +289,10 @@ class AutoFlow(AutoContinuous):
             derivatives=lambda z: _numpy(derivatives(jnp.asarray(z, dtype))),
             gaussian_elbo=gaussian_elbo,
             lbfgs=lambda z: np.asarray(self._map_lbfgs(safe, jnp.asarray(z, dtype)), np.float64),
+            restarts=self._restarts,
         )
-        return jnp.asarray(loc, dtype), jnp.asarray(scale_tril, dtype)
+        self.warm_start_, self.modes_ = start.name, start.mixture
+        return start
 
     # ------------------------------------------------------------------ posterior
     def _base(self, dtype=None) -> dist.Distribution | None:
@@ -362,3 +423,31 @@ class FixedAffine(Bijection):
         flat = (y - loc).reshape(y.size // self.features, self.features)
         x = jax.scipy.linalg.solve_triangular(tril, flat.T, lower=True).T
         return x.reshape(y.shape), jnp.broadcast_to(-log_det, y.shape[:-1])
+
+
+class Frozen(Bijection):
+    """Bijections held fixed: their arrays are wrapped in ``stop_gradient``, as in
+    `FixedAffine`, so an optimiser leaves them where they are.
+
+    `AutoFlow`'s transport warm start on a multimodal posterior: a flow fitted to posterior
+    draws before SVI, under the trainable flow. Frozen, it keeps every mode's share of the
+    mass while SVI trains the layers on top of it.
+    """
+
+    chain: Chain
+
+    def __init__(self, layers) -> None:
+        self.chain = Chain(list(layers))
+        self.features = self.chain.features
+        self.context_features = 0
+
+    def _frozen(self) -> Chain:
+        return jax.tree_util.tree_map(
+            lambda a: jax.lax.stop_gradient(a) if eqx.is_inexact_array(a) else a, self.chain
+        )
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._frozen().forward_and_log_det(x)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._frozen().inverse_and_log_det(y)

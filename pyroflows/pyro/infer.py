@@ -48,13 +48,23 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from pyro.poutine.util import site_is_subsample
 
-from pyroflows._autoflow import check_arguments, check_stl, recipe_kwargs, warm_start
+from pyroflows._autoflow import (
+    MODE_FIT,
+    RESTARTS,
+    WarmStart,
+    check_arguments,
+    check_restarts,
+    check_stl,
+    mode_fit_data,
+    recipe_kwargs,
+    warm_start,
+)
 from pyroflows.pyro import flows as recipes
-from pyroflows.pyro.core import Bijection, chain_forward
+from pyroflows.pyro.core import Bijection, Chain, chain_forward
 from pyroflows.pyro.distributions import Flow, FlowDistribution
 from pyroflows.pyro.linear import LULinear
 
-__all__ = ["AutoFlow", "FixedAffine", "PathGradientFlowDistribution", "RECIPES"]
+__all__ = ["AutoFlow", "FixedAffine", "Frozen", "PathGradientFlowDistribution", "RECIPES"]
 
 #: Recipe names accepted by ``AutoFlow(model, flow=...)``.
 RECIPES: dict[str, Callable[..., Flow]] = {
@@ -87,7 +97,13 @@ class AutoFlow(AutoContinuous):
             latent dimensions), then the affine layer is set to the Laplace approximation
             if its Monte Carlo ELBO beats the other starts; ``"map"``: MAP location with an
             isotropic scale; ``None``: the ``init_loc_fn`` location with ``init_scale``.
-        warmup_steps: Maximum Newton (or L-BFGS) iterations of the MAP search.
+        warmup_steps: Maximum Newton (or L-BFGS) iterations of each MAP search.
+        restarts: Extra MAP searches, from points drawn uniformly in ``[-2, 2]`` per
+            unconstrained coordinate (where ``init_to_uniform`` starts), to find the
+            posterior's modes; ``0`` searches from ``init_loc_fn`` only. With one mode the
+            warm start is as described under ``warmup``; with several (each reached from
+            some start, separated by a barrier of more than a nat) see "Multimodal
+            posteriors" in the module docstring.
         num_samples: Monte Carlo draws used by `median` and `quantiles`.
         base: The base distribution of ``u``: ``"normal"`` (default), ``"laplace"``
             (independent ``Laplace(0, 1 / sqrt(2))``, unit variance, exponential tails) or
@@ -123,6 +139,7 @@ class AutoFlow(AutoContinuous):
         init_scale: float = 0.1,
         warmup: str | None = "laplace",
         warmup_steps: int = 500,
+        restarts: int = RESTARTS,
         num_samples: int = 1000,
         base: str = "normal",
         base_df: float | None = None,
@@ -139,6 +156,7 @@ class AutoFlow(AutoContinuous):
         self._init_scale = float(init_scale)
         self._warmup = warmup
         self._warmup_steps = int(warmup_steps)
+        self._restarts = check_restarts(restarts)
         self.num_samples = int(num_samples)
         self._subsamples = None
         super().__init__(model, init_loc_fn=init_loc_fn)
@@ -170,11 +188,51 @@ class AutoFlow(AutoContinuous):
         init = self._init_loc()
         self._fix_subsamples(args, kwargs)
         with torch.enable_grad():  # the MAP search differentiates the model
-            loc, scale_tril = self._warm_start(init, args, kwargs)
+            start = self._warm_start(init, args, kwargs)
+            layers = [*flow.transforms, LULinear(self.latent_dim)]
+            loc, scale_tril = (self._tensor(a, init) for a in start[:2])
+            if start.mixture is not None:
+                loc, scale_tril, transport = self._fit_to_modes(start, init, args, kwargs)
+                layers = [*transport, *layers]
         self._subsamples = None
-        standardise = FixedAffine(loc.detach(), scale_tril.detach())
-        layers = [*flow.transforms, LULinear(self.latent_dim), standardise]
+        layers = [*layers, FixedAffine(loc, scale_tril)]
         self.flow = Flow(layers, self._base(init)).to(dtype=init.dtype, device=init.device)
+
+    @staticmethod
+    def _tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(array, dtype=like.dtype, device=like.device)
+
+    def _fit_to_modes(
+        self, start: WarmStart, init: torch.Tensor, args, kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """The frozen Gaussian and the frozen transport of a multimodal start: a spline
+        coupling flow fitted by maximum likelihood to posterior draws (see
+        `pyroflows._autoflow.mode_fit_data`)."""
+        from pyroflows.pyro.train import fit
+
+        def log_density(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                points = self._tensor(x, init)
+                values = [-self._safe_potential(p, args, kwargs) for p in points]
+            return _numpy(torch.stack(values))
+
+        loc, scale_tril, within, standard, self.mode_fit_ess_ = mode_fit_data(
+            start.mixture, log_density
+        )
+        d = self.latent_dim
+        transport = recipes.NSF(d, **recipe_kwargs("nsf", d, {})).to(dtype=init.dtype)
+        fit(
+            Flow(list(transport.transforms), self._base(init)),
+            self._tensor(standard, init),
+            **{k: v for k, v in MODE_FIT.items() if k != "draws"},
+            progress=False,
+        )
+        # SVI trains the flow where the modes have unit scale (Adam's steps are then small
+        # against every mode's width), between the transport and the frozen Gaussian
+        to_within = self._tensor(np.linalg.solve(within, scale_tril), init)
+        zeros = init.new_zeros(d)
+        layers = [Frozen(list(transport.transforms)), FixedAffine(zeros, to_within)]
+        return self._tensor(loc, init), self._tensor(within, init), layers
 
     def _base(self, like: torch.Tensor) -> dist.Distribution | None:
         """The Laplace or Student-t base (dtype and device of ``like``); ``None``: normal."""
@@ -256,7 +314,7 @@ class AutoFlow(AutoContinuous):
                 break  # no progress in this round
         return best_z
 
-    def _warm_start(self, init: torch.Tensor, args, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def _warm_start(self, init: torch.Tensor, args, kwargs) -> WarmStart:
         """Location and Cholesky factor of the frozen Gaussian under the flow.
 
         The choice among the ``init_loc_fn`` point, the MAP and the Laplace approximation is
@@ -286,7 +344,7 @@ class AutoFlow(AutoContinuous):
         def lbfgs(z: np.ndarray) -> np.ndarray:
             return _numpy(self._map_lbfgs(tensor(z), args, kwargs))
 
-        loc, scale_tril, self.warm_start_ = warm_start(
+        start = warm_start(
             _numpy(init),
             warmup=self._warmup,
             init_scale=self._init_scale,
@@ -295,8 +353,10 @@ class AutoFlow(AutoContinuous):
             derivatives=derivatives,
             gaussian_elbo=lambda m, s: self._gaussian_elbo(tensor(m), tensor(s), args, kwargs),
             lbfgs=lbfgs,
+            restarts=self._restarts,
         )
-        return tensor(loc), tensor(scale_tril)
+        self.warm_start_, self.modes_ = start.name, start.mixture
+        return start
 
     @torch.no_grad()
     def _gaussian_elbo(self, loc, scale_tril, args, kwargs, draws: int = 64) -> float:
@@ -453,3 +513,39 @@ class FixedAffine(Bijection):
         tril = self.scale_tril.expand(*centred.shape[:-2], -1, -1)
         x = torch.linalg.solve_triangular(tril, centred, upper=False).squeeze(-1)
         return x, -self._log_det(y)
+
+
+class Frozen(Bijection):
+    """Bijections held fixed: their parameters become buffers (listed in each module's
+    ``state_buffers``, so `get_params` / `set_params` still carry them, under the same
+    names), as `FixedAffine`'s are, so no optimiser moves them.
+
+    `AutoFlow`'s transport warm start on a multimodal posterior: a flow fitted to posterior
+    draws before SVI, under the trainable flow. Frozen, it keeps every mode's share of the
+    mass while SVI trains the layers on top of it.
+
+    Args:
+        layers: The bijections, in the forward (base -> data) order.
+    """
+
+    def __init__(self, layers) -> None:
+        chain = Chain(list(layers))
+        super().__init__(chain.features)
+        for module in chain.modules():
+            names = [name for name, p in module._parameters.items() if p is not None]
+            for name in names:
+                value = module._parameters.pop(name).detach().clone()
+                module.register_buffer(name, value)
+            if names:
+                module.state_buffers = (*getattr(module, "state_buffers", ()), *names)
+        self.chain = chain
+
+    def forward_and_log_det(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.chain.forward_and_log_det(x)
+
+    def inverse_and_log_det(
+        self, y: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.chain.inverse_and_log_det(y)
