@@ -32,6 +32,16 @@ The tails are fixed, not learnt: the ELBO penalises mass where the posterior has
 rewards none in the far tails, so nothing in it holds a learnt tail weight up. A heavier
 base costs some ELBO (the guide's bulk is less Gaussian) and buys a lower k-hat;
 measurements are in docs/inference.md.
+
+Multimodal posteriors: the MAP search also runs from ``restarts`` uniform draws in
+``[-2, 2]`` per coordinate, and end points that a barrier of more than a nat separates are
+distinct modes. Started on one of them, SVI's reverse KL keeps the guide there. With two or
+more modes of non-negligible mass (``warm_start_ == "modes"``, ``modes_`` holds the
+mixture of their local Gaussians), the guide instead draws from the posterior by importance
+resampling from that mixture, fits a spline coupling flow to the draws by maximum
+likelihood (`fit`), and freezes it (`Frozen`) under the trainable flow, which SVI then
+trains in the space scaled by the within-mode covariance. Each mode keeps its share of the
+mass; NeuTra's warped space stays the base. The NumPyro backend does the same.
 """
 
 from __future__ import annotations
