@@ -393,20 +393,34 @@ class WarmStart(NamedTuple):
     mixture: Mixture | None = None
 
 
+def normalised_weights(log_weights: np.ndarray) -> np.ndarray | None:
+    """Importance weights summing to 1 (non-finite log-weights count as 0), or ``None`` if
+    no log-weight is finite."""
+    log_weights = np.where(np.isfinite(log_weights), log_weights, -np.inf)
+    if not np.isfinite(log_weights).any():
+        return None
+    weights = np.exp(log_weights - log_weights.max())
+    return weights / weights.sum()
+
+
+def effective_sample_size(weights: np.ndarray | None) -> float:
+    """The effective sample size of normalised weights as a fraction of their number (0 for
+    ``None``)."""
+    return 0.0 if weights is None else float(1.0 / (len(weights) * (weights**2).sum()))
+
+
 def resample(draws: np.ndarray, log_weights: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
     """Systematic resampling of ``draws`` by their importance weights (numpy generator
     seeded with ``seed``); also returns the weights' effective sample size as a fraction of
     the number of draws (0 if no weight is finite)."""
-    n = len(draws)
-    log_weights = np.where(np.isfinite(log_weights), log_weights, -np.inf)
-    if not np.isfinite(log_weights).any():
+    weights = normalised_weights(log_weights)
+    if weights is None:
         return draws, 0.0
-    weights = np.exp(log_weights - log_weights.max())
-    weights /= weights.sum()
+    n = len(draws)
     rng = np.random.default_rng(seed + 1)
     positions = (rng.uniform() + np.arange(n)) / n
     index = np.minimum(np.searchsorted(np.cumsum(weights), positions), n - 1)
-    return draws[index], float(1.0 / (n * (weights**2).sum()))
+    return draws[index], effective_sample_size(weights)
 
 
 def posterior_draws(
@@ -430,16 +444,16 @@ def posterior_draws(
         proposal = mixture.widened(width)
         draws = proposal.sample(count, seed)
         log_weights = np.asarray(log_density(draws), np.float64) - proposal.log_prob(draws)
-        log_weights = np.where(np.isfinite(log_weights), log_weights, -np.inf)
-        if np.isfinite(log_weights).sum() < 10:
+        finite = np.isfinite(log_weights)
+        if finite.sum() < 10:
             return draws, log_weights, np.inf
-        smoothed, k_hat = arviz.psislw(np.where(np.isfinite(log_weights), log_weights, -1e300))
+        smoothed, k_hat = arviz.psislw(np.where(finite, log_weights, -1e300))
         return draws, np.asarray(smoothed), float(k_hat)
 
     pilot = []
     for width in MODE_PROPOSAL_WIDTHS:
         _, log_weights, k_hat = weighted(width, min(n, PILOT_DRAWS), seed)
-        pilot.append((k_hat, resample(log_weights[:, None], log_weights, seed)[1], width))
+        pilot.append((k_hat, effective_sample_size(normalised_weights(log_weights)), width))
     if not any(np.isfinite(k) for k, _, _ in pilot):
         return mixture.sample(n, seed), 0.0
     reliable = [item for item in pilot if item[0] < 0.7]
@@ -496,9 +510,11 @@ def restart_points(init: np.ndarray, restarts: int) -> np.ndarray:
     return rng.uniform(-RESTART_RADIUS, RESTART_RADIUS, (restarts, init.shape[-1]))
 
 
-def same_basin(a: np.ndarray, b: np.ndarray, potential: Callable[[np.ndarray], float]) -> bool:
-    """Whether no barrier of more than ``BASIN_BARRIER`` nats separates ``a`` and ``b``."""
-    top = max(potential(a), potential(b))
+def same_basin(
+    a: np.ndarray, b: np.ndarray, potential: Callable[[np.ndarray], float], top: float
+) -> bool:
+    """Whether no barrier of more than ``BASIN_BARRIER`` nats separates ``a`` and ``b``;
+    ``top`` is the higher of their potentials."""
     for t in np.linspace(0.0, 1.0, 11)[1:-1]:
         if not potential(a + t * (b - a)) <= top + BASIN_BARRIER:
             return False
@@ -529,11 +545,11 @@ def find_modes(
         if is_mode(grad, hessian):
             found.append((potential(z), z, grad, hessian))
     found.sort(key=lambda item: item[0])
-    modes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for _, z, grad, hessian in found:
-        if not any(same_basin(z, kept[0], potential) for kept in modes):
-            modes.append((z, grad, hessian))
-    return modes
+    kept: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
+    for value, z, grad, hessian in found:  # lowest first: ``value`` is the higher potential
+        if not any(same_basin(z, other[1], potential, value) for other in kept):
+            kept.append((value, z, grad, hessian))
+    return [(z, grad, hessian) for _, z, grad, hessian in kept]
 
 
 def warm_start(

@@ -331,10 +331,9 @@ class AutoFlow(AutoContinuous):
         `pyroflows._autoflow.warm_start`'s (recorded in ``self.warm_start_``); this method
         hands it the model's potential and derivatives as float64 numpy callbacks.
         """
-        dtype, device = init.dtype, init.device
 
         def tensor(z: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(z, dtype=dtype, device=device)
+            return self._tensor(z, init)
 
         def potential(z: np.ndarray) -> float:
             with torch.no_grad():
