@@ -205,7 +205,9 @@ class MaskedLinear(eqx.Module):
     """A linear layer whose weight is multiplied by a fixed boolean mask ``(out, in)``.
 
     The mask is a boolean array, so it is not an inexact array: equinox's and NumPyro's
-    parameter filters (``eqx.is_inexact_array``) leave it out of training.
+    parameter filters (``eqx.is_inexact_array``) leave it out of training. The weight starts
+    as `Linear`'s, drawn for the full input width (as in torch; not rescaled to the inputs the
+    mask leaves a unit).
     """
 
     weight: Array
@@ -215,8 +217,7 @@ class MaskedLinear(eqx.Module):
     def __init__(self, mask: np.ndarray, *, key: Array, zero: bool = False) -> None:
         out_features, in_features = mask.shape
         linear = Linear(in_features, out_features, key=key, zero=zero)
-        fan_in = np.maximum(mask.sum(-1, keepdims=True), 1)
-        self.weight = linear.weight * jnp.asarray(np.sqrt(in_features / fan_in))
+        self.weight = linear.weight
         self.bias = linear.bias
         self.mask = jnp.asarray(mask, dtype=bool)
 
