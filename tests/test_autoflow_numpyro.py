@@ -416,6 +416,10 @@ def test_dual_moon_starts_finds_both_moons_and_keeps_them(monkeypatch):
     assert guide.warm_start_ == "modes" and len(guide.modes_.weights) == 2
     np.testing.assert_allclose(np.sort(np.abs(guide.modes_.locs[:, 0])), [2.0, 2.0], atol=0.05)
     np.testing.assert_allclose(guide.modes_.weights, 0.5, atol=0.05)
+    # the frozen transport, then the trainable layers, damped (MODE_STEP_SCALE)
+    kinds = [type(layer).__name__ for layer in guide.flow(result.params).layers]
+    assert kinds == ["Frozen", "FixedAffine", "Damped", "FixedAffine"]
+    assert guide.flow(result.params).layers[2].scale == _autoflow.MODE_STEP_SCALE
     x = guide.sample_posterior(jax.random.key(2), result.params, sample_shape=(4000,))["x"]
     assert abs(float((x[:, 0] < 0).mean()) - 0.5) < 0.05  # both moons, one moon: 0 or 1
     loss = Trace_ELBO(num_particles=4000).loss(jax.random.key(3), result.params, _dual_moon, guide)

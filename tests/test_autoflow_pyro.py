@@ -443,6 +443,12 @@ def test_dual_moon_finds_both_moons_and_keeps_them(monkeypatch):
     frozen = guide.flow.transforms[0]
     assert isinstance(frozen, pf.infer.Frozen) and not list(frozen.parameters())
     assert any(name.startswith("transforms.0.") for name in pf.get_params(guide.flow))
+    # the trainable layers on top of it are damped (MODE_STEP_SCALE), and trained
+    damped = guide.flow.transforms[2]
+    assert isinstance(damped, pf.infer.Damped) and damped.scale == _autoflow.MODE_STEP_SCALE
+    assert set(dict(guide.flow.named_parameters())) == {
+        f"transforms.2.{name}" for name, _ in damped.named_parameters()
+    }
     with torch.no_grad():
         q = guide.get_posterior()
         x = q.sample((4000,))

@@ -32,6 +32,7 @@ from numpyro.infer.initialization import init_to_median, init_to_uniform
 
 from pyroflows._autoflow import (
     MODE_FIT,
+    MODE_STEP_SCALE,
     RESTARTS,
     WarmStart,
     check_arguments,
@@ -184,7 +185,7 @@ class AutoFlow(AutoContinuous):
             loc, scale_tril = (jnp.asarray(a, dtype) for a in start[:2])
             if start.mixture is not None:
                 loc, scale_tril, transport = self._fit_to_modes(start, key, dtype)
-                layers = [*transport, *layers]
+                layers = [*transport, Damped(layers, MODE_STEP_SCALE)]
         self._flow_init = Flow([*layers, FixedAffine(loc, scale_tril)], self._base(dtype))
 
     def _fit_to_modes(self, start: WarmStart, key: Array, dtype) -> tuple[Array, Array, list]:
@@ -423,6 +424,44 @@ class FixedAffine(Bijection):
         flat = (y - loc).reshape(y.size // self.features, self.features)
         x = jax.scipy.linalg.solve_triangular(tril, flat.T, lower=True).T
         return x.reshape(y.shape), jnp.broadcast_to(-log_det, y.shape[:-1])
+
+
+class Damped(Bijection):
+    """Bijections whose arrays are stored divided by ``scale`` and used multiplied by it, so
+    an optimiser's steps (Adam's are about the learning rate per array element, whatever
+    the gradient's size) move them ``scale`` times as far.
+
+    `AutoFlow`'s trainable layers above the frozen transport of a multimodal start
+    (``MODE_STEP_SCALE``). `get_params` gives the stored arrays, under the names torch's
+    `Damped` gives them, so the other backend's `Damped` reads them alike.
+
+    Args:
+        layers: The bijections, in the forward (base -> data) order.
+        scale: The factor, in ``(0, 1]`` to damp.
+    """
+
+    chain: Chain
+    scale: float = eqx.field(static=True)
+
+    def __init__(self, layers, scale: float) -> None:
+        chain = Chain(list(layers))
+        self.scale = float(scale)
+        self.chain = jax.tree_util.tree_map(
+            lambda a: a / self.scale if eqx.is_inexact_array(a) else a, chain
+        )
+        self.features = chain.features
+        self.context_features = 0
+
+    def _live(self) -> Chain:
+        return jax.tree_util.tree_map(
+            lambda a: a * self.scale if eqx.is_inexact_array(a) else a, self.chain
+        )
+
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._live().forward_and_log_det(x)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._live().inverse_and_log_det(y)
 
 
 class Frozen(Bijection):

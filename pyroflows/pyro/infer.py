@@ -40,8 +40,9 @@ more modes of non-negligible mass (``warm_start_ == "modes"``, ``modes_`` holds 
 mixture of their local Gaussians), the guide instead draws from the posterior by importance
 resampling from that mixture, fits a spline coupling flow to the draws by maximum
 likelihood (`fit`), and freezes it (`Frozen`) under the trainable flow, which SVI then
-trains in the space scaled by the within-mode covariance. Each mode keeps its share of the
-mass; NeuTra's warped space stays the base. The NumPyro backend does the same.
+trains in the space scaled by the within-mode covariance, its steps damped (`Damped`,
+``MODE_STEP_SCALE``). Each mode keeps its share of the mass; NeuTra's warped space stays
+the base. The NumPyro backend does the same.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyroflows._autoflow import (
     MODE_FIT,
+    MODE_STEP_SCALE,
     RESTARTS,
     WarmStart,
     check_arguments,
@@ -74,7 +76,7 @@ from pyroflows.pyro.core import Bijection, Chain, chain_forward
 from pyroflows.pyro.distributions import Flow, FlowDistribution
 from pyroflows.pyro.linear import LULinear
 
-__all__ = ["AutoFlow", "FixedAffine", "Frozen", "PathGradientFlowDistribution", "RECIPES"]
+__all__ = ["AutoFlow", "Damped", "FixedAffine", "Frozen", "PathGradientFlowDistribution", "RECIPES"]
 
 #: Recipe names accepted by ``AutoFlow(model, flow=...)``.
 RECIPES: dict[str, Callable[..., Flow]] = {
@@ -203,7 +205,7 @@ class AutoFlow(AutoContinuous):
             loc, scale_tril = (self._tensor(a, init) for a in start[:2])
             if start.mixture is not None:
                 loc, scale_tril, transport = self._fit_to_modes(start, init, args, kwargs)
-                layers = [*transport, *layers]
+                layers = [*transport, Damped(layers, MODE_STEP_SCALE)]
         self._subsamples = None
         layers = [*layers, FixedAffine(loc, scale_tril)]
         self.flow = Flow(layers, self._base(init)).to(dtype=init.dtype, device=init.device)
@@ -522,6 +524,56 @@ class FixedAffine(Bijection):
         tril = self.scale_tril.expand(*centred.shape[:-2], -1, -1)
         x = torch.linalg.solve_triangular(tril, centred, upper=False).squeeze(-1)
         return x, -self._log_det(y)
+
+
+class _Method(torch.nn.Module):
+    """Calls one method of ``chain`` (so that `torch.func.functional_call` can swap in the
+    parameters it runs with)."""
+
+    def __init__(self, chain: Chain, method: str) -> None:
+        super().__init__()
+        self.chain, self.method = chain, method
+
+    def forward(self, *args):
+        return getattr(self.chain, self.method)(*args)
+
+
+class Damped(Bijection):
+    """Bijections whose parameters are stored divided by ``scale`` and used multiplied by
+    it, so an optimiser's steps (Adam's are about the learning rate per element, whatever
+    the gradient's size) move them ``scale`` times as far.
+
+    `AutoFlow`'s trainable layers above the frozen transport of a multimodal start
+    (``MODE_STEP_SCALE``). `get_params` gives the stored values, under the names the JAX
+    backend's `Damped` gives them, so the other backend's `Damped` reads them alike.
+
+    Args:
+        layers: The bijections, in the forward (base -> data) order.
+        scale: The factor, in ``(0, 1]`` to damp.
+    """
+
+    def __init__(self, layers, scale: float) -> None:
+        chain = Chain(list(layers))
+        super().__init__(chain.features)
+        self.scale = float(scale)
+        with torch.no_grad():
+            for p in chain.parameters():
+                p.div_(self.scale)
+        self.chain = chain
+
+    def _run(self, method: str, *args):
+        live = {f"chain.{n}": p * self.scale for n, p in self.chain.named_parameters()}
+        return torch.func.functional_call(_Method(self.chain, method), live, args)
+
+    def forward_and_log_det(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run("forward_and_log_det", x)
+
+    def inverse_and_log_det(
+        self, y: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run("inverse_and_log_det", y)
 
 
 class Frozen(Bijection):
